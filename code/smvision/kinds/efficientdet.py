@@ -1,0 +1,126 @@
+"""The EfficientDet kind: records -> images -> batched detection -> results.
+
+Environment (read once at load):
+  EFFICIENTDET_COMPOUND_COEF  0-8; if set, must match the archive (a guard, not a switch)
+  DEFAULT_PRED_THRESHOLD      score threshold when a request gives none (0.2)
+  DEFAULT_IOU_THRESHOLD       NMS IoU threshold when a request gives none (0.2)
+  USE_FLOAT16                 half precision on a GPU (ignored on CPU)
+  SMVISION_BATCH_SIZE         images per forward pass (8)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smvision.images import ImageLoader
+from smvision.manifest import ArchiveError, Manifest
+from smvision.params import check_known, env_flag, env_int, env_unit_interval, unit_interval
+from smvision.records import Record, Request
+
+log = logging.getLogger("smvision")
+
+PARAMETERS = ("pred_threshold", "iou_threshold")
+CLASSES_FILE = "classes.json"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    pred: float
+    iou: float
+
+
+class EfficientDetModel:
+    """A loaded detector plus its class names, default thresholds and image loader."""
+
+    def __init__(self, detector: Any, classes: list[str], defaults: Thresholds, loader: ImageLoader, batch_size: int) -> None:
+        self.detector = detector
+        self.classes = classes
+        self.defaults = defaults
+        self.loader = loader
+        self.batch_size = batch_size
+
+    def predict(self, request: Request) -> list[dict[str, Any]]:
+        """One result per record, in order; all parameters are checked before any image is read."""
+        thresholds = {record.index: self.thresholds(record) for record in request.records}
+        results: list[dict[str, Any]] = []
+        for records, images in self.loader.batches(request.records, self.batch_size):
+            found = self.detector.detect(
+                images,
+                [thresholds[r.index].pred for r in records],
+                [thresholds[r.index].iou for r in records],
+            )
+            results.extend(self.result(r, image, d) for r, image, d in zip(records, images, found))
+        return results
+
+    def thresholds(self, record: Record) -> Thresholds:
+        """The record's thresholds: its own if given (each in (0, 1]), else the defaults."""
+        where = record.label()
+        check_known(record.params, PARAMETERS, where)
+        pred = record.params.get("pred_threshold")
+        iou = record.params.get("iou_threshold")
+        return Thresholds(
+            pred=self.defaults.pred if pred is None else unit_interval(pred, "pred_threshold", where),
+            iou=self.defaults.iou if iou is None else unit_interval(iou, "iou_threshold", where),
+        )
+
+    def result(self, record: Record, image: np.ndarray, found: Any) -> dict[str, Any]:
+        """CONTRACT section 4: boxes in original-image pixels, with class names."""
+        height, width = image.shape[:2]
+        detections = [
+            {
+                "bbox": [round(float(v), 2) for v in box],
+                "score": round(float(score), 5),
+                "class_id": int(class_id),
+                "class": self.class_name(int(class_id)),
+            }
+            for box, score, class_id in zip(found.boxes.tolist(), found.scores.tolist(), found.class_ids.tolist())
+        ]
+        return {"source": record.source.describe(), "image_size": [width, height], "detections": detections}
+
+    def class_name(self, class_id: int) -> str:
+        name = self.classes[class_id] if 0 <= class_id < len(self.classes) else ""
+        return name or f"class_{class_id}"
+
+
+def load(model_dir: Path, manifest: Manifest) -> EfficientDetModel:
+    """Build the detector from the archive, check it against the environment, warm it up."""
+    import torch
+
+    from smvision.models.efficientdet import EfficientDetConfig, EfficientDetector
+
+    config = EfficientDetConfig.from_dict(manifest.config)
+    wanted = os.environ.get("EFFICIENTDET_COMPOUND_COEF", "").strip()
+    if wanted and int(wanted) != config.compound_coef:
+        raise ArchiveError(
+            f"EFFICIENTDET_COMPOUND_COEF={wanted} but the archive at {model_dir} holds "
+            f"D{config.compound_coef}; rebuild the archive or unset the variable"
+        )
+    classes = json.loads((model_dir / CLASSES_FILE).read_text())
+    if len(classes) != config.num_classes:
+        raise ArchiveError(f"{CLASSES_FILE} names {len(classes)} classes; the model has {config.num_classes}")
+    if not manifest.weights:
+        raise ArchiveError(f"the manifest at {model_dir} names no weights file")
+    state_dict = torch.load(model_dir / manifest.weights, map_location="cpu", weights_only=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    detector = EfficientDetector(config, state_dict, device=device, float16=env_flag("USE_FLOAT16"))
+    defaults = Thresholds(
+        pred=env_unit_interval("DEFAULT_PRED_THRESHOLD", 0.2),
+        iou=env_unit_interval("DEFAULT_IOU_THRESHOLD", 0.2),
+    )
+    detector.warm_up()
+    log.info(
+        "EfficientDet D%d loaded on %s (%d classes, thresholds %.2f/%.2f)",
+        config.compound_coef,
+        device,
+        config.num_classes,
+        defaults.pred,
+        defaults.iou,
+    )
+    return EfficientDetModel(detector, classes, defaults, ImageLoader(), env_int("SMVISION_BATCH_SIZE", 8, 1, 256))

@@ -1,0 +1,104 @@
+"""The archive manifest: which model kind, its configuration, and each file's sha256.
+
+One format for every model kind. `smvision archive build` writes it; model_fn reads it
+and refuses an archive whose files do not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ArchiveError(RuntimeError):
+    """The model directory is not a usable smvision archive (a fault at load, not a request)."""
+
+
+@dataclass
+class Manifest:
+    """What an archive holds: kind, configuration, weights file, and file digests."""
+
+    kind: str
+    config: dict[str, Any]
+    weights: str | None
+    random_weights: bool
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        document = {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "config": self.config,
+            "weights": self.weights,
+            "random_weights": self.random_weights,
+            **self.extra,
+            "files": dict(sorted(self.files.items())),
+        }
+        return json.dumps(document, indent=2) + "\n"
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under root (except the manifest), keyed by relative POSIX path."""
+    return {
+        path.relative_to(root).as_posix(): sha256_of(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_NAME and "__pycache__" not in path.parts
+    }
+
+
+def read_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
+    """Read <model_dir>/manifest.json and, by default, check every listed file's sha256."""
+    root = Path(model_dir)
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise ArchiveError(f"{path} is missing: build the archive with `smvision archive build`")
+    try:
+        document = json.loads(path.read_text())
+        version = document.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ArchiveError(f"{path}: format_version {version!r}; this smvision reads {FORMAT_VERSION}")
+        manifest = Manifest(
+            kind=document["kind"],
+            config=document["config"],
+            weights=document.get("weights"),
+            random_weights=bool(document.get("random_weights", False)),
+            files=dict(document["files"]),
+            extra={k: v for k, v in document.items() if k not in _CORE_FIELDS},
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArchiveError(f"{path} is not a valid manifest: {exc}") from None
+    if verify:
+        verify_files(root, manifest)
+    return manifest
+
+
+_CORE_FIELDS = {"format_version", "kind", "config", "weights", "random_weights", "files"}
+
+
+def verify_files(root: Path, manifest: Manifest) -> None:
+    """Raise ArchiveError naming every listed file that is missing or changed."""
+    problems = []
+    for name, expected in manifest.files.items():
+        path = root / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif sha256_of(path) != expected:
+            problems.append(f"{name} has changed (sha256 differs from the manifest)")
+    if problems:
+        raise ArchiveError(f"archive at {root} does not match its manifest: " + "; ".join(problems))

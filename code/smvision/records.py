@@ -1,0 +1,178 @@
+"""Request -> records: one record per CSV line, JSON element, JSON line or raw image.
+
+A record is an image source (an S3 object, or inline bytes) plus the caller's
+parameters for it. Parameters are checked by the model kind, which knows their names.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from smvision.errors import bad_request, unsupported_content_type
+
+JSON_TYPES = ("application/json",)
+JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
+CSV_TYPES = ("text/csv",)
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/tiff", "application/x-image")
+SUPPORTED_CONTENT_TYPES = [*JSON_TYPES, *JSONLINES_TYPES, *CSV_TYPES, *IMAGE_TYPES]
+
+#: JSON fields that name the image; every other field is a parameter.
+SOURCE_FIELDS = ("bucket", "key", "s3_uri", "image")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where a record's image comes from: an S3 object or inline bytes."""
+
+    bucket: str | None = None
+    key: str | None = None
+    data: bytes | None = field(default=None, repr=False)
+
+    @property
+    def is_s3(self) -> bool:
+        return self.data is None
+
+    def describe(self) -> str:
+        """The source as users wrote it: s3://bucket/key, or 'inline image'."""
+        return f"s3://{self.bucket}/{self.key}" if self.is_s3 else "inline image"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image to process and the caller's parameters for it."""
+
+    index: int
+    source: ImageSource
+    params: Mapping[str, Any]
+
+    def label(self) -> str:
+        """How error messages name this record."""
+        return f"record {self.index} ({self.source.describe()})"
+
+
+@dataclass(frozen=True)
+class Request:
+    """The records of one request, and whether the caller sent a list of them.
+
+    A JSON array, CSV lines or JSON lines are list-shaped and get a list back, even
+    with a single record; one JSON object or one raw image gets one result back.
+    """
+
+    records: list[Record]
+    is_list: bool
+
+
+def media_type(content_type: str | None) -> str:
+    """'Application/JSON; charset=utf-8' -> 'application/json'."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def parse_request(body: bytes | str, content_type: str | None) -> Request:
+    """Turn a request body into records, or raise a 400/415 InferenceError."""
+    kind = media_type(content_type)
+    if kind in IMAGE_TYPES:
+        data = body.encode("latin-1") if isinstance(body, str) else bytes(body)
+        if not data:
+            raise bad_request("the request body is empty; send the image bytes")
+        return Request([Record(0, ImageSource(data=data), {})], is_list=False)
+    if kind not in SUPPORTED_CONTENT_TYPES:
+        raise unsupported_content_type(content_type or "(none)", SUPPORTED_CONTENT_TYPES)
+    text = _text(body)
+    if kind in CSV_TYPES:
+        records = [_csv_record(i, line) for i, line in enumerate(_lines(text))]
+        is_list = True
+    elif kind in JSONLINES_TYPES:
+        records = [
+            _json_record(i, _load_json(line, f"line {i + 1}")) for i, line in enumerate(_lines(text))
+        ]
+        is_list = True
+    else:
+        document = _load_json(text, "the body")
+        is_list = isinstance(document, list)
+        items = document if is_list else [document]
+        records = [_json_record(i, item) for i, item in enumerate(items)]
+    if not records:
+        raise bad_request("the request holds no records")
+    return Request(records, is_list=is_list)
+
+
+def parse_s3_reference(text: str) -> tuple[str, str]:
+    """'bucket/key' or 's3://bucket/key' -> (bucket, key); 400 if either part is missing."""
+    ref = text.strip()
+    if ref.startswith("s3://"):
+        ref = ref[len("s3://") :]
+    bucket, sep, key = ref.partition("/")
+    if not sep or not bucket or not key:
+        raise bad_request(f"{text!r} is not an S3 reference; write bucket/key or s3://bucket/key")
+    return bucket, key
+
+
+def _text(body: bytes | str) -> str:
+    if isinstance(body, str):
+        return body
+    try:
+        return bytes(body).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise bad_request(f"the body is not valid UTF-8 text (byte {exc.start})") from None
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _load_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise bad_request(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+
+def _csv_record(index: int, line: str) -> Record:
+    ref = line.split(",", 1)[0].strip().strip('"')
+    try:
+        bucket, key = parse_s3_reference(ref)
+    except Exception as exc:
+        raise bad_request(f"CSV line {index + 1}: {getattr(exc, 'message', exc)}") from None
+    return Record(index, ImageSource(bucket=bucket, key=key), {})
+
+
+def _json_record(index: int, item: Any) -> Record:
+    where = f"record {index}"
+    if not isinstance(item, dict):
+        raise bad_request(f"{where} must be a JSON object, got {type(item).__name__}")
+    params = {name: value for name, value in item.items() if name not in SOURCE_FIELDS}
+    if "image" in item:
+        if any(name in item for name in ("bucket", "key", "s3_uri")):
+            raise bad_request(f"{where}: give either 'image' or an S3 reference, not both")
+        return Record(index, ImageSource(data=_base64(item["image"], where)), params)
+    if "s3_uri" in item:
+        uri = item["s3_uri"]
+        if not isinstance(uri, str) or not uri.startswith("s3://"):
+            raise bad_request(f"{where}: 's3_uri' must be a string like s3://bucket/key")
+        bucket, key = parse_s3_reference(uri)
+        return Record(index, ImageSource(bucket=bucket, key=key), params)
+    bucket, key = item.get("bucket"), item.get("key")
+    if bucket is None and key is None:
+        raise bad_request(f"{where} names no image: give 'bucket' and 'key', 's3_uri', or 'image' (base64)")
+    for name, value in (("bucket", bucket), ("key", key)):
+        if not isinstance(value, str) or not value.strip():
+            raise bad_request(f"{where}: '{name}' must be a non-empty string")
+    return Record(index, ImageSource(bucket=bucket.strip(), key=key), params)
+
+
+def _base64(value: Any, where: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise bad_request(f"{where}: 'image' must be a base64 string")
+    if value.startswith("data:") and "," in value:  # a data URL from a browser
+        value = value.split(",", 1)[1]
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request(f"{where}: 'image' is not valid base64") from None
+    if not data:
+        raise bad_request(f"{where}: 'image' decodes to no bytes")
+    return data
