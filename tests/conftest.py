@@ -1,0 +1,101 @@
+"""Session fixtures: a moto S3 server with real photos, a D0 archive, a running server."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support import BIN, Server, free_port, skimage_photo, stop, wait_for
+
+BUCKET = "smvision-photos"
+PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> str:
+    """A moto S3 server on 127.0.0.1; boto3 in this process and children points at it."""
+    import requests
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    process = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    saved = {k: os.environ.get(k) for k in _S3_ENV}
+    os.environ.update(
+        AWS_ENDPOINT_URL_S3=url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    try:
+        wait_for(lambda: requests.get(url + "/moto-api/", timeout=2).status_code == 200, 30, "moto server", process)
+        yield url
+    finally:
+        stop(process)
+        log.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+@pytest.fixture(scope="session")
+def photos(s3_endpoint) -> dict[str, bytes]:
+    """BUCKET holds real photos, plus broken files under broken/. Returns key -> bytes."""
+    import boto3
+    from PIL import Image
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    objects = {name: skimage_photo(name).read_bytes() for name in PHOTOS}
+    rocket = objects["rocket.jpg"]
+    objects["broken/truncated.jpg"] = rocket[: len(rocket) // 2]
+    objects["broken/not-an-image.jpg"] = b"this is a text file, not a JPEG\n" * 10
+    rotated = io.BytesIO()
+    image = Image.open(io.BytesIO(objects["coffee.png"])).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    image.save(rotated, format="JPEG", quality=90, exif=exif)
+    objects["exif/coffee-rotated.jpg"] = rotated.getvalue()
+    for key, data in objects.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    return objects
+
+
+@pytest.fixture(scope="session")
+def d0_archive(tmp_path_factory) -> Path:
+    """A randomly initialised EfficientDet D0 model.tar.gz."""
+    from smvision.archive.efficientdet import build_efficientdet_archive
+
+    return build_efficientdet_archive(tmp_path_factory.mktemp("d0") / "model.tar.gz", compound_coef=0)
+
+
+@pytest.fixture(scope="session")
+def d0_model_dir(d0_archive, tmp_path_factory) -> Path:
+    """The D0 archive extracted, read-only as SageMaker mounts it."""
+    from smvision.archive.build import extract_archive
+
+    model_dir = extract_archive(d0_archive, tmp_path_factory.mktemp("d0-model") / "model")
+    for path in sorted(model_dir.rglob("*"), reverse=True):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    model_dir.chmod(0o555)
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def d0_server(d0_model_dir, photos, tmp_path_factory):
+    """`smvision serve` on the D0 archive, ready, reading photos from moto."""
+    server = Server(d0_model_dir, env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "6"}, log_path=tmp_path_factory.mktemp("serve") / "serve.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,78 @@
+"""Image decoding limits and response encoding."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smvision.errors import InferenceError
+from smvision.images import decode_image
+from smvision.responses import choose_accept, encode_results
+from support import skimage_photo
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+def test_decodes_real_photo_to_rgb_uint8():
+    array = decode_image(skimage_photo("rocket.jpg").read_bytes(), "rocket")
+    assert array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3
+    assert array.shape[:2] == (427, 640)
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (60, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    array = decode_image(encode(image, "JPEG", exif=exif), "x")
+    assert array.shape[:2] == (60, 20)  # rotated upright: now tall
+
+
+def test_grey_and_rgba_become_rgb():
+    assert decode_image(encode(Image.new("L", (8, 8), 7), "PNG"), "x").shape == (8, 8, 3)
+    assert decode_image(encode(Image.new("RGBA", (8, 8)), "PNG"), "x").shape == (8, 8, 3)
+
+
+def test_pixel_limit_is_413_before_decoding():
+    data = encode(Image.new("RGB", (400, 300)), "PNG")
+    with pytest.raises(InferenceError) as caught:
+        decode_image(data, "big.png", max_pixels=100_000)
+    assert caught.value.status_code == 413
+    assert "400x300" in caught.value.message
+
+
+def test_truncated_and_garbage_are_400():
+    jpeg = skimage_photo("rocket.jpg").read_bytes()
+    for data, words in ((jpeg[: len(jpeg) // 2], "truncated"), (b"hello" * 20, "not an image")):
+        with pytest.raises(InferenceError) as caught:
+            decode_image(data, "rec")
+        assert caught.value.status_code == 400
+        assert words in caught.value.message
+
+
+def test_accept_negotiation():
+    assert choose_accept(None) == "application/json"
+    assert choose_accept("*/*") == "application/json"
+    assert choose_accept("application/jsonlines") == "application/jsonlines"
+    assert choose_accept("text/html, application/json;q=0.9") == "application/json"
+    with pytest.raises(InferenceError) as caught:
+        choose_accept("text/html")
+    assert caught.value.status_code == 406
+
+
+def test_response_shape_mirrors_request_shape():
+    results = [{"n": 1}, {"n": 2}]
+    body, kind = encode_results(results, True, "application/json")
+    assert (json.loads(body), kind) == (results, "application/json")
+    body, _ = encode_results(results[:1], False, None)
+    assert json.loads(body) == {"n": 1}
+    body, kind = encode_results(results, True, "application/jsonlines")
+    assert kind == "application/jsonlines"
+    assert [json.loads(line) for line in body.decode().splitlines()] == results
