@@ -103,9 +103,9 @@ def extract_archive(archive: str | Path, destination: str | Path) -> Path:
 
 
 def archive_members(archive: str | Path) -> list[str]:
-    """Names inside an archive, for listings and tests."""
+    """Names of the files inside an archive."""
     with tarfile.open(archive, "r:gz") as tar:
-        return tar.getnames()
+        return [member.name for member in tar.getmembers() if member.isfile()]
 
 
 def read_member(archive: str | Path, name: str) -> bytes:

@@ -66,7 +66,7 @@ PY
 
 ready() {
   [ -f "$VENV/.smvision-stamp" ] && [ "$(cat "$VENV/.smvision-stamp")" = "$KEY" ] &&
-    "$VENV/bin/python" -c "import sagemaker_pytorch_serving_container.serving, ts, torch" \
+    "$VENV/bin/python" -c "import sagemaker_pytorch_serving_container.serving, ts" \
       >/dev/null 2>&1
 }
 
@@ -100,12 +100,16 @@ import os, re, sys, importlib.metadata as md
 from packaging.requirements import Requirement
 
 shared, roots = sys.argv[1], sys.argv[2:]
+# Installed in the toolkit venv itself (pinned above), never borrowed.
+own = {"pip", "setuptools", "wheel", "packaging", "psutil", "pyyaml", "six", "scipy"}
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
-seen, todo = {}, list(roots)
+seen, done, todo = {}, set(), [(r, "") for r in roots]
 while todo:
-    name = norm(todo.pop())
-    if name in seen:
+    name, extra = todo.pop()
+    name = norm(name)
+    if (name, extra) in done or name in own:
         continue
+    done.add((name, extra))
     try:
         dist = md.distribution(name)
     except md.PackageNotFoundError:
@@ -113,8 +117,8 @@ while todo:
     seen[name] = dist
     for spec in dist.requires or []:
         req = Requirement(spec)
-        if req.marker is None or req.marker.evaluate({"extra": ""}):
-            todo.append(req.name)
+        if req.marker is None or req.marker.evaluate({"extra": extra}):
+            todo += [(req.name, "")] + [(req.name, e) for e in req.extras]
 linked = set()
 for name, dist in sorted(seen.items()):
     base = str(dist.locate_file(""))
