@@ -10,12 +10,9 @@ detections on a photo, and stops everything it started.
 from __future__ import annotations
 
 import argparse
-import atexit
 import io
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,27 +21,10 @@ from pathlib import Path
 
 import requests
 
-BIN = Path(sys.executable).parent
+from local_s3 import BIN, LocalS3, skimage_photo, stop_process
+
 BUCKET = "smvision-demo"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg")
-processes: list[subprocess.Popen] = []
-
-
-def stop_all() -> None:
-    for process in reversed(processes):
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    process = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
-    processes.append(process)
-    return process
-
 
 def wait_ok(url: str, process: subprocess.Popen, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
@@ -63,13 +43,6 @@ def wait_ok(url: str, process: subprocess.Popen, seconds: float, what: str) -> N
 def port_free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-def photo_path(name: str) -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("skimage")
-    return Path(spec.submodule_search_locations[0]) / "data" / name
 
 
 def show(title: str, command: str, response: requests.Response) -> object:
@@ -106,33 +79,17 @@ def main() -> None:
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    atexit.register(stop_all)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if not port_free(args.port):
         sys.exit(f"port {args.port} is in use; pass --port")
-
     # 1. A local S3 holding real photos (moto server), reached through boto3 as AWS would be.
-    s3_port = next(p for p in range(5055, 5155) if port_free(p))
-    s3_url = f"http://127.0.0.1:{s3_port}"
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL_S3": s3_url,
-        "AWS_ACCESS_KEY_ID": "demo",
-        "AWS_SECRET_ACCESS_KEY": "demo",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    os.environ.update(env)
-    moto = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], out / "s3.log", env)
-    wait_ok(s3_url + "/moto-api/", moto, 30, "local S3")
-    import boto3
+    with LocalS3(out / "s3.log") as s3:
+        photos = {name: skimage_photo(name).read_bytes() for name in PHOTOS}
+        s3.put(BUCKET, {f"images/{name}": data for name, data in photos.items()})
+        print(f"local S3 at {s3.url}: s3://{BUCKET}/images/{{{','.join(PHOTOS)}}}")
+        run_demo(args, out, photos)
 
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket=BUCKET)
-    photos = {name: photo_path(name).read_bytes() for name in PHOTOS}
-    for name, data in photos.items():
-        s3.put_object(Bucket=BUCKET, Key=f"images/{name}", Body=data)
-    print(f"local S3 at {s3_url}: s3://{BUCKET}/images/{{{','.join(PHOTOS)}}}")
 
+def run_demo(args: argparse.Namespace, out: Path, photos: dict[str, bytes]) -> None:
     # 2. Build a D0 archive and extract it, as SageMaker does into /opt/ml/model.
     archive = out / "model.tar.gz"
     build = [str(BIN / "smvision"), "archive", "build", "efficientdet", "--compound-coef", "0", "--output", str(archive)]
@@ -145,13 +102,20 @@ def main() -> None:
 
     # 3. Serve it on the SageMaker hosting contract.
     started = time.monotonic()
-    server = start(
-        [str(BIN / "smvision"), "serve", "--model-dir", str(model_dir), "--port", str(args.port)], out / "serve.log", env
-    )
-    url = f"http://127.0.0.1:{args.port}"
-    wait_ok(url + "/ping", server, 180, "smvision serve")
-    print(f"serve ready on {url} after {time.monotonic() - started:.1f} s (log: {out / 'serve.log'})")
+    command = [str(BIN / "smvision"), "serve", "--model-dir", str(model_dir), "--port", str(args.port)]
+    with open(out / "serve.log", "wb") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{args.port}"
+        wait_ok(url + "/ping", server, 180, "smvision serve")
+        print(f"serve ready on {url} after {time.monotonic() - started:.1f} s (log: {out / 'serve.log'})")
+        send_requests(url, out, photos, args.weights)
+    finally:
+        print("stopping the server and the local S3")
+        stop_process(server)
 
+
+def send_requests(url: str, out: Path, photos: dict[str, bytes], weights: str | None) -> None:
     # 4. The seed endpoint's four test requests.
     invocations = url + "/invocations"
     csv_body = "\n".join(f"{BUCKET}/images/{name}" for name in PHOTOS)
@@ -179,10 +143,9 @@ def main() -> None:
     picture = out / "detections.png"
     draw(photos["astronaut.png"], result, picture)
     print(f"\ndetections drawn on astronaut.png -> {picture}")
-    if not args.weights:
+    if not weights:
         print("NOTE: the archive has RANDOMLY INITIALISED weights, so these boxes are noise. "
               "Pass --weights efficientdet-d0.pth (zylo117) for real detections.")
-    print("stopping the server and the local S3")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from support import BIN, Server, free_port, skimage_photo, stop, wait_for
+from support import LocalS3, Server, skimage_photo
 
 BUCKET = "smvision-photos"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
@@ -18,33 +16,8 @@ PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory) -> str:
     """A moto S3 server on 127.0.0.1; boto3 in this process and children points at it."""
-    import requests
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    process = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    saved = {k: os.environ.get(k) for k in _S3_ENV}
-    os.environ.update(
-        AWS_ENDPOINT_URL_S3=url,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    try:
-        wait_for(lambda: requests.get(url + "/moto-api/", timeout=2).status_code == 200, 30, "moto server", process)
-        yield url
-    finally:
-        stop(process)
-        log.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-_S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    with LocalS3(tmp_path_factory.mktemp("moto") / "moto.log") as s3:
+        yield s3.url
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +11,10 @@ from typing import Callable
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "demo"))
+from local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process as stop  # noqa: E402
+
 PYTHON = sys.executable
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
@@ -37,25 +30,6 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, process: subp
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{what}: not ready after {timeout} s")
-
-
-def stop(process: subprocess.Popen, timeout: float = 20) -> int:
-    """SIGTERM, then SIGKILL if it lingers; returns the exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-    return process.returncode
-
-
-def skimage_photo(name: str) -> Path:
-    """A real photograph shipped inside the scikit-image wheel."""
-    spec = importlib.util.find_spec("skimage")
-    assert spec is not None and spec.submodule_search_locations, "scikit-image is not installed"
-    return Path(spec.submodule_search_locations[0]) / "data" / name
 
 
 class Server:

@@ -66,8 +66,9 @@ PY
 
 ready() {
   [ -f "$VENV/.smvision-stamp" ] && [ "$(cat "$VENV/.smvision-stamp")" = "$KEY" ] &&
-    "$VENV/bin/python" -c "import sagemaker_pytorch_serving_container.serving, ts" \
-      >/dev/null 2>&1
+    [ -x "$VENV/bin/torchserve" ] && [ -x "$VENV/bin/serve" ] &&
+    [ -e "$VENV/borrowed-site-packages/torch/__init__.py" ] &&
+    "$VENV/bin/python" -c "" >/dev/null 2>&1
 }
 
 if ready; then

@@ -1,0 +1,100 @@
+"""A local S3 for the demo, the benchmarks and the tests: moto's standalone server on
+127.0.0.1, reached through boto3 with AWS_ENDPOINT_URL_S3 exactly as MinIO would be."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def skimage_photo(name: str) -> Path:
+    """A real photograph shipped inside the scikit-image wheel (astronaut.png, rocket.jpg...)."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("scikit-image is not installed: pip install -r requirements-test.txt")
+    return Path(spec.submodule_search_locations[0]) / "data" / name
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> int:
+    """SIGTERM, then SIGKILL if it lingers; returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return process.returncode
+
+
+class LocalS3:
+    """moto server on a free port; while open, this process's boto3 (and children given
+    .env) talk to it with dummy credentials."""
+
+    def __init__(self, log_path: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            "AWS_ENDPOINT_URL_S3": self.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        self._log_path = log_path
+        self._saved: dict[str, str | None] = {}
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "LocalS3":
+        import urllib.request
+
+        log = open(self._log_path, "wb") if self._log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/moto-api/", timeout=2).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    stop_process(self.process)
+                    raise RuntimeError("the local S3 (moto server) did not start") from None
+                time.sleep(0.1)
+        self._saved = {key: os.environ.get(key) for key in S3_ENV}
+        os.environ.update(self.env)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def put(self, bucket: str, objects: dict[str, bytes]) -> None:
+        """Create bucket (if needed) and upload key -> bytes."""
+        import boto3
+
+        s3 = boto3.client("s3")
+        if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=bucket)
+        for key, data in objects.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=data)
