@@ -1,0 +1,120 @@
+"""EfficientDet D0: in-process predict vs HTTP end to end through `smvision serve`.
+
+Same archive, same photos (from a local S3), same request bodies. Prints median and p95
+latency for both paths and their ratio, then requests/s with 1 and 4 concurrent clients.
+
+    python benchmarks/efficientdet_e2e.py [--requests 20] [--pred-threshold 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "demo"))
+from local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process  # noqa: E402
+
+BUCKET = "bench"
+PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def bodies(pred_threshold: float) -> list[bytes]:
+    return [json.dumps({"bucket": BUCKET, "key": n, "pred_threshold": pred_threshold}).encode() for n in PHOTOS]
+
+
+def in_process(model_dir: Path, payloads: list[bytes], count: int) -> list[float]:
+    sys.path.insert(0, str(model_dir / "code"))
+    import inference
+
+    model = inference.model_fn(str(model_dir))
+    times = []
+    for i in range(count):
+        started = time.perf_counter()
+        request = inference.input_fn(payloads[i % len(payloads)], "application/json")
+        inference.output_fn(inference.predict_fn(request, model), "application/json")
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def over_http(url: str, payloads: list[bytes], count: int, clients: int) -> tuple[list[float], float]:
+    session_per_client = [requests.Session() for _ in range(clients)]
+
+    def one(i: int) -> float:
+        session = session_per_client[i % clients]
+        started = time.perf_counter()
+        response = session.post(url, data=payloads[i % len(payloads)], headers={"Content-Type": "application/json"})
+        response.raise_for_status()
+        return time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        times = list(pool.map(one, range(count)))
+    return times, count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20, help="requests per measurement")
+    parser.add_argument("--pred-threshold", type=float, default=0.5,
+                        help="random weights put every anchor over 0.2; 0.5 keeps NMS realistic")
+    args = parser.parse_args()
+    payloads = bodies(args.pred_threshold)
+    with tempfile.TemporaryDirectory() as tmp, LocalS3() as s3:
+        s3.put(BUCKET, {n: skimage_photo(n).read_bytes() for n in PHOTOS})
+        archive = Path(tmp) / "model.tar.gz"
+        subprocess.run([str(BIN / "smvision"), "archive", "build", "efficientdet", "--compound-coef", "0",
+                        "--output", str(archive)], check=True, capture_output=True)
+        model_dir = Path(tmp) / "model"
+        model_dir.mkdir()
+        subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
+
+        local = in_process(model_dir, payloads, args.requests)
+
+        port = free_port()
+        log = open(Path(tmp) / "serve.log", "wb")
+        server = subprocess.Popen([str(BIN / "smvision"), "serve", "--model-dir", str(model_dir), "--port", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                try:
+                    if requests.get(url + "/ping", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.2)
+            else:
+                raise SystemExit("server not ready")
+            http_one, rps_one = over_http(url + "/invocations", payloads, args.requests, 1)
+            _, rps_four = over_http(url + "/invocations", payloads, args.requests, 4)
+        finally:
+            stop_process(server)
+            log.close()
+
+    p50_local, p50_http = statistics.median(local), statistics.median(http_one)
+    print(f"EfficientDet D0, random weights, pred_threshold {args.pred_threshold}, {args.requests} requests, "
+          f"photos {', '.join(PHOTOS)}")
+    print(f"{'path':<28}{'p50 ms':>10}{'p95 ms':>10}")
+    print(f"{'in-process handler':<28}{p50_local * 1000:>10.1f}{percentile(local, 0.95) * 1000:>10.1f}")
+    print(f"{'HTTP through serve':<28}{p50_http * 1000:>10.1f}{percentile(http_one, 0.95) * 1000:>10.1f}")
+    print(f"HTTP / in-process p50 ratio: {p50_http / p50_local:.3f} (+{(p50_http - p50_local) * 1000:.1f} ms)")
+    print(f"requests/s: 1 client {rps_one:.2f}, 4 clients {rps_four:.2f}")
+
+
+if __name__ == "__main__":
+    main()
