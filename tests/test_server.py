@@ -402,9 +402,13 @@ def test_boto3_sees_model_errors_like_a_real_endpoint(control, monkeypatch):
     with pytest.raises(ClientError) as err:
         client.invoke_endpoint(EndpointName="my-endpoint", ContentType="application/json",
                                Body=b'{"plain": "boom"}')
+    assert err.value.response["Error"]["Code"] == "ModelError"
     assert err.value.response["OriginalStatusCode"] == 500
-    assert "SERVER_ERROR_FROM_MODEL" in json.dumps(err.value.response, default=str) or \
-        err.value.response["Error"]["Code"] == "ModelError"
+    raw = control.post("/endpoints/my-endpoint/invocations", data=b'{"plain": "boom"}',
+                       headers={"Content-Type": "application/json"})
+    assert raw.status_code == 424 and raw.headers["x-amzn-ErrorType"] == "ModelError"
+    assert raw.json()["ErrorCode"] == "SERVER_ERROR_FROM_MODEL"
+    assert "Traceback" not in raw.text and "boom" not in raw.text
     out = client.invoke_endpoint(EndpointName="my-endpoint", ContentType="application/json",
                                  Body=b'{"x": 1}')
     assert json.loads(out["Body"].read()) == {"ok": True, "echo": {"x": 1}}
