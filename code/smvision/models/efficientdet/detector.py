@@ -1,0 +1,97 @@
+"""EfficientDetector: images in, detections out, one batched forward pass per call."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .anchors import generate_anchors
+from .checkpoint import load_zylo117_state_dict
+from .config import EfficientDetConfig
+from .model import EfficientDet
+from .postprocess import AnchorGeometry, Detections, postprocess
+from .preprocess import preprocess
+
+log = logging.getLogger("smvision")
+
+
+def _check_thresholds(values: Sequence[float], name: str, count: int) -> list[float]:
+    if len(values) != count:
+        raise ValueError(f"{name} has {len(values)} value(s) for {count} image(s)")
+    out = []
+    for v in values:
+        f = float(v)
+        if not math.isfinite(f) or not 0.0 <= f <= 1.0:
+            raise ValueError(f"{name} values must be in [0, 1], got {v!r}")
+        out.append(f)
+    return out
+
+
+class EfficientDetector:
+    """A ready-to-serve EfficientDet: eval mode, channels_last, inference_mode, thread-safe."""
+
+    def __init__(
+        self,
+        config: EfficientDetConfig,
+        state_dict: Mapping[str, Tensor] | None = None,
+        *,
+        device: str = "cpu",
+        float16: bool = False,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        model = EfficientDet(config)
+        if state_dict is not None:
+            load_zylo117_state_dict(model, state_dict)
+        if float16 and self.device.type != "cuda":
+            log.info("float16 asked for on %s: running in float32 (half precision only on CUDA)", self.device)
+            float16 = False
+        self.dtype = torch.float16 if float16 else torch.float32
+        self.model = model.to(self.device, dtype=self.dtype, memory_format=torch.channels_last).eval()
+        self.model.requires_grad_(False)
+        self._lock = threading.Lock()
+        self._anchors: dict[tuple[int, int], AnchorGeometry] = {}
+
+    def anchors(self, input_hw: tuple[int, int]) -> AnchorGeometry:
+        """Anchor geometry for a padded input size, computed once per size."""
+        geometry = self._anchors.get(input_hw)
+        if geometry is None:
+            boxes = generate_anchors(
+                input_hw,
+                self.config.pyramid_levels,
+                self.config.anchor_scale,
+                self.config.anchor_scales,
+                self.config.anchor_ratios,
+                device=self.device,
+            )
+            geometry = self._anchors.setdefault(input_hw, AnchorGeometry.from_boxes(boxes))
+        return geometry
+
+    def detect(
+        self,
+        images: Sequence[np.ndarray],
+        pred_thresholds: Sequence[float],
+        iou_thresholds: Sequence[float],
+    ) -> list[Detections]:
+        """Detections per image (HxWx3 uint8 RGB, any sizes), with per-image thresholds."""
+        preds = _check_thresholds(pred_thresholds, "pred_thresholds", len(images))
+        ious = _check_thresholds(iou_thresholds, "iou_thresholds", len(images))
+        if not images:
+            return []
+        size = self.config.input_size
+        with torch.inference_mode():
+            batch, fits = preprocess(images, size, self.config.mean, self.config.std, self.device, self.dtype)
+            with self._lock:
+                regression, classification = self.model(batch)
+            return postprocess(regression, classification, self.anchors((size, size)), (size, size), preds, ious, fits)
+
+    def warm_up(self) -> None:
+        """One forward pass on a dummy image, so the first request is not the slow one."""
+        size = self.config.input_size
+        self.detect([np.zeros((size, size, 3), np.uint8)], [1.0], [0.5])

@@ -1,0 +1,47 @@
+"""EfficientDet: EfficientNet backbone -> BiFPN cells -> box and class heads.
+
+`EfficientDet(config).state_dict()` has exactly the keys and shapes of zylo117's
+EfficientDetBackbone, so its checkpoints load strictly and unchanged.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .backbone import EfficientNetBackbone
+from .bifpn import BiFPN
+from .config import EfficientDetConfig
+from .heads import Classifier, Regressor
+
+
+class EfficientDet(nn.Module):
+    """forward(x (B, 3, H, W)) -> (regression (B, A, 4), classification (B, A, num_classes))."""
+
+    def __init__(self, config: EfficientDetConfig) -> None:
+        super().__init__()
+        self.config = config
+        use_p8 = config.max_level == 8
+        num_levels = len(config.pyramid_levels)
+        # Attribute order mirrors zylo117 (bifpn, regressor, classifier, backbone_net).
+        self.bifpn = nn.Sequential(
+            *(
+                BiFPN(
+                    config.fpn_channels,
+                    config.backbone_channels,
+                    first_time=i == 0,
+                    attention=config.fast_attention,
+                    use_p8=use_p8,
+                )
+                for i in range(config.fpn_repeats)
+            )
+        )
+        self.regressor = Regressor(config.fpn_channels, config.num_anchors, config.head_repeats, num_levels)
+        self.classifier = Classifier(
+            config.fpn_channels, config.num_anchors, config.num_classes, config.head_repeats, num_levels
+        )
+        self.classifier.init_prior()
+        self.backbone_net = EfficientNetBackbone(config.backbone)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.bifpn(self.backbone_net(x))
+        return self.regressor(features), self.classifier(features)
