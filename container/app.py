@@ -22,11 +22,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
 from typing import Any
 
 from starlette.applications import Starlette
@@ -46,9 +47,11 @@ VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
 class HandlerPool:
     """A fixed set of daemon threads running submitted calls in order.
 
-    Unlike ThreadPoolExecutor its threads never block interpreter exit: a call that
-    overran its request timeout and is still running must not keep a SIGTERMed process
-    alive after every answered request has been sent.
+    A result goes straight to an asyncio future through call_soon_threadsafe (cheaper
+    than concurrent.futures plus wrap_future); a call whose future is already done
+    (timed out or cancelled while queued) is skipped.  The threads are daemons: a call
+    that overran its request timeout and is still running must not keep a SIGTERMed
+    process alive after every answered request has been sent.
     """
 
     def __init__(self, threads: int, name: str = "handler") -> None:
@@ -60,23 +63,57 @@ class HandlerPool:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, fn: Callable, *args: Any) -> Future:
-        future: Future = Future()
-        self._queue.put((future, fn, args))
+    def run(self, fn: Callable, *args: Any) -> None:
+        """Queue fn(*args), result unwanted (it reports on its own)."""
+        self._queue.put((None, None, fn, args))
+
+    def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any
+               ) -> asyncio.Future:
+        """Queue fn(*args); the returned future (of loop) gets its result."""
+        future = loop.create_future()
+        self._queue.put((loop, future, fn, args))
         return future
 
     def _work(self) -> None:
+        get = self._queue.get
         while True:
-            future, fn, args = self._queue.get()
-            if not future.set_running_or_notify_cancel():
-                continue  # timed out while queued: never run it
+            loop, future, fn, args = get()
+            if future is not None and future.done():
+                continue  # timed out or cancelled while queued: never run it
             try:
                 result = fn(*args)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
-                future.set_exception(exc)
+                if future is None:
+                    log.error("unexpected error in a handler thread", exc_info=exc)
+                else:
+                    _call_soon(loop, _set_exception, future, exc)
+                del exc
             else:
-                future.set_result(result)
-            del future, fn, args
+                if future is not None:
+                    _call_soon(loop, _set_result, future, result)
+                del result
+            del loop, future, fn, args
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable, *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # the loop is closed: the process is exiting
+        pass
+
+
+def _set_result(future: asyncio.Future, result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class _Timeout(Exception):
+    pass
 
 
 class _ModelState:
@@ -192,7 +229,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = HandlerPool(settings.handler_threads)
         pool_box.append(pool)
-        pool.submit(load)  # first in the queue: runs before any request can
+        pool.run(load)  # first in the queue: runs before any request can
         yield
 
     def not_ready() -> tuple[int, str]:
@@ -219,21 +256,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 raise _Status(*not_ready())
             body = await read_body(request, limit)
             headers = request.headers
+            loop = asyncio.get_running_loop()
             future = pool_box[0].submit(
-                handler.invoke, body, headers.get("content-type"), headers.get("accept")
+                loop, handler.invoke, body, headers.get("content-type"), headers.get("accept")
             )
             del body
-            remaining = timeout - (time.monotonic() - started)
+            remaining = max(timeout - (time.monotonic() - started), 0.001)
+            timer = loop.call_later(remaining, _set_exception, future, _Timeout())
             try:
-                payload, content_type = await asyncio.wait_for(
-                    asyncio.wrap_future(future), max(remaining, 0.001)
-                )
-            except asyncio.TimeoutError:
+                payload, content_type = await future
+            except _Timeout:
                 raise _Status(
                     504,
                     f"the model did not answer within {timeout:g} s "
                     "(SAGEMAKER_MODEL_SERVER_TIMEOUT)",
                 ) from None
+            finally:
+                timer.cancel()
             response_headers = {"content-type": content_type}
             if runtime_api:
                 response_headers[VARIANT_HEADER] = "AllTraffic"
@@ -324,11 +363,36 @@ def _where(exc: BaseException) -> str:
 
 
 class AccessLog:
-    """One log line per request: method, path, status, milliseconds."""
+    """One line per request on stderr: method, path, status, milliseconds.
+
+    Written straight to sys.stderr in the same shape as the log's other lines (see
+    serve.log_config) rather than through logging, which costs ten times as much per
+    line; lines are skipped when the smvision.container logger is above INFO.
+    """
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
         self.state = app.state
+        self._pid = os.getpid()
+        self._second = -1
+        self._stamp = ""
+
+    def _line(self, method: str, path: str, status: int, started: float) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        ms = (time.perf_counter() - started) * 1000.0
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        try:
+            sys.stderr.write(
+                f"{self._stamp},{int((now - second) * 1000):03d} [{self._pid}] INFO "
+                f"smvision.container: {method} {path} {status} {ms:.2f} ms\n"
+            )
+        except (OSError, ValueError, AttributeError):  # stderr closed or absent
+            pass
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -346,10 +410,4 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            log.info(
-                "%s %s %d %.2f ms",
-                scope["method"],
-                scope["path"],
-                status,
-                (time.perf_counter() - started) * 1000.0,
-            )
+            self._line(scope["method"], scope["path"], status, started)
