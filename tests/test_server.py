@@ -518,3 +518,60 @@ def test_several_workers_each_load_the_model(tmp_path):
         assert seen["pid"] != server.process.pid  # answered by a worker process
     finally:
         assert server.stop() == 0
+
+
+# --------------------------------------------------------------------------- the handler in-process
+
+
+def _entry(tmp_path: Path, source: str) -> "Handler":
+    """A Handler on a one-off entry script (a unique module name per test)."""
+    from smvision.container.handler import Handler
+
+    name = f"entry_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / "code").mkdir(exist_ok=True)
+    (tmp_path / "code" / f"{name}.py").write_text(source)
+    handler = Handler(str(tmp_path), f"{name}.py")
+    handler.load()
+    return handler
+
+
+def test_handler_defaults_without_input_predict_output_fn(tmp_path):
+    from smvision.errors import InferenceError
+
+    handler = _entry(tmp_path, "def model_fn(model_dir):\n    return lambda x: {'n': len(x)}\n")
+    assert handler.invoke(b"[1, 2, 3]", "application/json", None) == (b'{"n": 3}', "application/json")
+    with pytest.raises(InferenceError) as err:
+        handler.invoke(b"[1", "application/json", None)
+    assert err.value.status_code == 400
+    with pytest.raises(InferenceError) as err:
+        handler.invoke(b"abc", "image/png", None)
+    assert err.value.status_code == 415
+    with pytest.raises(InferenceError) as err:
+        handler.invoke(b"[]", "application/json", "text/csv")
+    assert err.value.status_code == 406
+
+
+@pytest.mark.parametrize(
+    "returned, body, content_type",
+    [
+        ("b'raw'", b"raw", "application/x-test"),
+        ("'text é'", "text é".encode(), "application/x-test"),
+        ("(b'x', 'image/png')", b"x", "image/png"),
+        ("{'a': [1, 2]}", b'{"a": [1, 2]}', "application/x-test"),
+        ("None", b"", "application/x-test"),
+    ],
+)
+def test_handler_response_shapes(tmp_path, returned, body, content_type):
+    handler = _entry(
+        tmp_path,
+        "def model_fn(model_dir, context):\n    return None\n"
+        f"def transform_fn(model, data, content_type, accept, context):\n    return {returned}\n",
+    )
+    assert handler.invoke(b"", "text/csv", "application/x-test") == (body, content_type)
+
+
+def test_handler_refuses_functions_of_the_wrong_shape(tmp_path):
+    from smvision.container.handler import EntryScriptError
+
+    with pytest.raises(EntryScriptError, match="predict_fn takes 4"):
+        _entry(tmp_path, "def model_fn(d):\n    return 1\ndef predict_fn(a, b, c, d):\n    pass\n")
