@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -552,6 +553,16 @@ def test_preprocess_equals_cv2_inter_linear(shape):
     assert fits == [Resized(old_w=shape[1], old_h=shape[0], new_w=new_w, new_h=new_h)]
 
 
+def test_preprocess_leaves_read_only_input_alone():
+    image = np.random.randint(0, 256, (90, 120, 3), dtype=np.uint8)
+    image.setflags(write=False)  # as np.asarray(PIL image) gives
+    before = image.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preprocess([image, image[:, ::-1], np.ascontiguousarray(image[:64, :64])], 64, MEAN, STD)
+    np.testing.assert_array_equal(image, before)
+
+
 def test_preprocess_rejects_non_rgb_uint8():
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         preprocess([np.zeros((10, 10), np.uint8)], 512, MEAN, STD)
@@ -683,6 +694,18 @@ def test_detect_matches_zylo117_pipeline(small_detector):
     np.testing.assert_array_equal(found.class_ids, classes[order].numpy())
     np.testing.assert_allclose(found.scores, cls_scores[order].numpy(), rtol=1e-5)
     np.testing.assert_allclose(found.boxes, rois, rtol=1e-4, atol=1e-3)
+
+
+def test_detect_is_thread_safe(small_detector):
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [np.random.randint(0, 256, (100 + 20 * i, 160, 3), np.uint8) for i in range(4)]
+    expected = [small_detector.detect([im], [0.3], [0.5])[0] for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda im: small_detector.detect([im], [0.3], [0.5])[0], images * 2))
+    for e, g in zip(expected * 2, got):
+        np.testing.assert_array_equal(e.class_ids, g.class_ids)
+        np.testing.assert_array_equal(e.boxes, g.boxes)
 
 
 def test_detect_validates_inputs_and_handles_empty(small_detector):

@@ -57,7 +57,7 @@ def check_image(image: object, index: int = 0) -> np.ndarray:
 
 
 @lru_cache(maxsize=512)
-def linear_taps(src: int, dst: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """OpenCV INTER_LINEAR taps for resizing one axis from src to dst pixels.
 
     Returns (index0, index1, weight0, weight1): output i = in[index0]*weight0 + in[index1]*weight1.
@@ -76,12 +76,10 @@ def linear_taps(src: int, dst: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     first[before] = 0
     first[after] = src - 1
     second = np.minimum(first + 1, src - 1)
-    return (
-        torch.from_numpy(first),
-        torch.from_numpy(second),
-        torch.from_numpy(np.float32(1.0) - frac),
-        torch.from_numpy(frac),
-    )
+    taps = (first, second, np.float32(1.0) - frac, frac)
+    for a in taps:
+        a.setflags(write=False)  # cached: shared between calls
+    return taps
 
 
 def _normalise_(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -90,22 +88,25 @@ def _normalise_(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 
 def normalise_resize(image: np.ndarray, new_h: int, new_w: int, mean: Tensor, std: Tensor, device: torch.device) -> Tensor:
-    """(new_h, new_w, 3) float32: the normalised image resized as cv2.resize(INTER_LINEAR) would.
+    """(new_h, new_w, 3) float32 on device: the normalised image, resized as cv2.resize(INTER_LINEAR).
 
     Normalising is per pixel, so only the source rows the interpolation reads are
-    converted and normalised: the result equals normalise-then-resize on the whole image.
+    gathered (on the host, as uint8), moved, converted and normalised: the result equals
+    normalise-then-resize on the whole image.
     """
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)
     height, width = image.shape[:2]
     if (new_h, new_w) == (height, width):
-        return _normalise_(x.to(torch.float32), mean, std)
-    y0, y1, wy0, wy1 = (t.to(device) for t in linear_taps(height, new_h))
-    x0, x1, wx0, wx1 = (t.to(device) for t in linear_taps(width, new_w))
-    rows = _normalise_(x.index_select(0, torch.cat((y0, y1))).to(torch.float32), mean, std)
+        # astype gives a fresh, writable array: no copy of the caller's (maybe read-only) image.
+        return _normalise_(torch.from_numpy(image.astype(np.float32)).to(device), mean, std)
+    y0, y1, wy0, wy1 = linear_taps(height, new_h)
+    x0, x1, wx0, wx1 = (torch.tensor(a, device=device) for a in linear_taps(width, new_w))
+    rows = torch.from_numpy(np.take(image, np.concatenate((y0, y1)), axis=0)).to(device)
+    rows = _normalise_(rows.to(torch.float32), mean, std)
     # Horizontal pass on every needed source row, then the vertical blend (cv2's order).
     horizontal = rows.index_select(1, x0).mul_(wx0[:, None]).addcmul_(rows.index_select(1, x1), wx1[:, None])
     top, bottom = horizontal[:new_h], horizontal[new_h:]
-    return top.mul_(wy0[:, None, None]).addcmul_(bottom, wy1[:, None, None])
+    wy0_t, wy1_t = torch.tensor(wy0, device=device), torch.tensor(wy1, device=device)
+    return top.mul_(wy0_t[:, None, None]).addcmul_(bottom, wy1_t[:, None, None])
 
 
 def preprocess(
@@ -118,14 +119,13 @@ def preprocess(
 ) -> tuple[Tensor, list[Resized]]:
     """A channels_last batch (B, 3, size, size) of `dtype` on `device`, and how each image fits."""
     device = torch.device(device)
+    sizes = [check_image(image, i).shape[:2] for i, image in enumerate(images)]
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
     std_t = torch.tensor(std, dtype=torch.float32, device=device)
-    batch = torch.zeros((len(images), 3, size, size), dtype=dtype, device=device).to(
-        memory_format=torch.channels_last
-    )
+    batch = torch.empty((len(images), 3, size, size), dtype=dtype, device=device, memory_format=torch.channels_last)
+    batch.zero_()
     fits = []
-    for i, image in enumerate(images):
-        height, width = check_image(image, i).shape[:2]
+    for i, (image, (height, width)) in enumerate(zip(images, sizes)):
         new_h, new_w = resized_size(height, width, size)
         resized = normalise_resize(image, new_h, new_w, mean_t, std_t, device)
         batch[i, :, :new_h, :new_w] = resized.permute(2, 0, 1)
