@@ -384,6 +384,17 @@ def test_larger_models_match_zylo117_layout(coef):
         assert "bifpn.7.conv8_down.bn.weight" in shapes and "regressor.bn_list.5.4.weight" in shapes
 
 
+@torch.inference_mode()
+def test_p3_p8_model_runs_end_to_end():
+    """D7x's P8 wiring on a shrunken model (a real D7x forward is too slow for CI)."""
+    cfg = dataclasses.replace(efficientdet_config(8, num_classes=5), backbone="efficientnet-b0",
+                              backbone_channels=(40, 112, 320), fpn_channels=16, fpn_repeats=2, head_repeats=1,
+                              input_size=256)
+    regression, classification = EfficientDet(cfg).eval()(torch.randn(1, 3, 256, 256))
+    assert regression.shape == (1, 9 * sum(4**k for k in range(6)), 4)  # 32^2 + 16^2 + ... + 1^2 locations
+    assert classification.shape == (1, regression.shape[1], 5)
+
+
 # --------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------
