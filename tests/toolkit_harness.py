@@ -1,0 +1,626 @@
+"""Run one archive under our server and under the real SageMaker PyTorch toolkit, natively.
+
+Used by tests/test_toolkit_compat.py and benchmarks/toolkit_vs_ours.py; no pytest here.
+
+The toolkit side is what `serve` does in the AWS PyTorch 2.6 inference image
+(sagemaker-pytorch-inference 2.0.25 on TorchServe 0.12), run without Docker from a
+separate venv (tests/toolkit/setup_toolkit_venv.sh) through tests/toolkit/launch_toolkit.py:
+
+- the archive is extracted to <tmp>/base/model and SAGEMAKER_BASE_DIR=<tmp>/base;
+- the TorchServe config goes to a temp path (module constant torchserve.TS_CONFIG_FILE,
+  /etc/sagemaker-ts.properties in the image) set by the launcher;
+- the working directory is a temp dir: the toolkit puts its model store in
+  ./.sagemaker/ts/models and TorchServe its logs in ./logs;
+- TEMP and TMPDIR are a temp dir: TorchServe's pid file, worker sockets and the model
+  copy that model_fn receives (java.io.tmpdir comes from TEMP);
+- every listener is on 127.0.0.1 (TS_INFERENCE_ADDRESS, TS_MANAGEMENT_ADDRESS,
+  TS_METRICS_ADDRESS, TS_GRPC_*_ADDRESS/PORT; the toolkit would bind 0.0.0.0:8080 and
+  TorchServe 127.0.0.1:8082/7070/7071, which collide between two instances);
+- the launcher runs in its own session: TorchServe's java frontend is re-parented to
+  init when `torchserve --start` returns, so the whole server is "every process of that
+  session", which is what stop() kills and rss() sums.
+
+A server is ready when a known-good POST /invocations answers 200, not when /ping does:
+TorchServe answers /ping 200 while its worker is still crash-looping.
+
+To cover a new archive kind, add one Case to CASES: the command that builds its archive
+and the requests to compare.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import math
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLKIT_DIR = REPO / "tests" / "toolkit"
+SETUP_SCRIPT = TOOLKIT_DIR / "setup_toolkit_venv.sh"
+LAUNCHER = TOOLKIT_DIR / "launch_toolkit.py"
+PROJECT_BIN = Path(sys.executable).parent
+
+sys.path.insert(0, str(REPO / "demo"))
+from local_s3 import S3_ENV, LocalS3, free_port, skimage_photo  # noqa: E402
+
+BUCKET = "smvision-toolkit"
+PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg")
+
+
+class ToolkitUnavailable(RuntimeError):
+    """The toolkit venv could not be built here (the reason is the message)."""
+
+
+# ---------------------------------------------------------------------------------------
+# The toolkit venv
+
+
+def ensure_toolkit_venv(project_python: str = sys.executable, timeout: float = 1800) -> Path:
+    """Build (first time, ~30-40 s plus downloads) or reuse (<1 s) the toolkit venv."""
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ToolkitUnavailable("TorchServe needs Java 11+ (java on PATH or JAVA_HOME); none found")
+    if shutil.which("bash") is None or shutil.which("flock") is None:
+        raise ToolkitUnavailable("setup_toolkit_venv.sh needs bash and flock (util-linux)")
+    try:
+        done = subprocess.run(
+            ["bash", str(SETUP_SCRIPT), project_python],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ToolkitUnavailable(f"building the toolkit venv took over {timeout:.0f} s") from exc
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or "").strip().splitlines()[-15:])
+        raise ToolkitUnavailable(f"{SETUP_SCRIPT.name} failed ({done.returncode}):\n{tail}")
+    venv = Path(done.stdout.strip().splitlines()[-1])
+    if not (venv / "bin" / "torchserve").exists():
+        raise ToolkitUnavailable(f"{venv} has no bin/torchserve after setup")
+    return venv
+
+
+# ---------------------------------------------------------------------------------------
+# Requests and cases
+
+
+@dataclass(frozen=True)
+class Call:
+    """One POST /invocations. body: a str template ({bucket}; {photo:NAME} = base64 of a
+    photo) or bytes; photo: send that photo's raw bytes instead."""
+
+    name: str
+    content_type: str
+    body: str | bytes = b""
+    photo: str | None = None
+    accept: str | None = "application/json"
+    status: int = 200
+
+    def render(self, bucket: str) -> bytes:
+        if self.photo is not None:
+            return skimage_photo(self.photo).read_bytes()
+        if isinstance(self.body, bytes):
+            return self.body
+        text = self.body.replace("{bucket}", bucket)
+        while "{photo:" in text:
+            start = text.index("{photo:")
+            end = text.index("}", start)
+            name = text[start + len("{photo:") : end]
+            encoded = base64.b64encode(skimage_photo(name).read_bytes()).decode("ascii")
+            text = text[:start] + encoded + text[end + 1 :]
+        return text.encode("utf-8")
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": self.content_type}
+        if self.accept:
+            headers["Accept"] = self.accept
+        return headers
+
+
+@dataclass(frozen=True)
+class Case:
+    """An archive kind: how to build its model.tar.gz, and what to ask both servers.
+
+    build: argv; "{output}" is replaced by the archive path, "{python}" by the project
+    interpreter, "{smvision}" by the project's smvision console script.
+    calls: the first one must answer 200; it is the readiness probe and the benchmark's
+    request.
+    """
+
+    name: str
+    build: tuple[str, ...]
+    calls: tuple[Call, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    startup_timeout: float = 240.0
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj)
+
+
+EFFICIENTDET_D0 = Case(
+    name="efficientdet-d0",
+    build=("{smvision}", "archive", "build", "efficientdet", "--compound-coef", "0", "--output", "{output}"),
+    calls=(
+        Call("json-object", "application/json", _json({"bucket": "{bucket}", "key": "astronaut.png"})),
+        Call(
+            "json-thresholds",
+            "application/json",
+            _json({"bucket": "{bucket}", "key": "coffee.png", "pred_threshold": 0.6, "iou_threshold": 0.3}),
+        ),
+        # Random weights score every anchor about 0.0101-0.0103: these thresholds keep
+        # hundreds to thousands of boxes, so NMS and the box maths are compared too.
+        Call(
+            "json-many-detections",
+            "application/json",
+            _json({"bucket": "{bucket}", "key": "astronaut.png", "pred_threshold": 0.0103, "iou_threshold": 0.5}),
+        ),
+        Call(
+            "json-array",
+            "application/json",
+            _json(
+                [
+                    {"s3_uri": "s3://{bucket}/rocket.jpg", "pred_threshold": 0.0102},
+                    {"bucket": "{bucket}", "key": "astronaut.png", "pred_threshold": 0.7},
+                ]
+            ),
+        ),
+        Call("json-base64", "application/json", _json({"image": "{photo:coffee.png}", "pred_threshold": 0.7})),
+        Call("csv", "text/csv", "{bucket}/rocket.jpg\ns3://{bucket}/coffee.png\n"),
+        Call(
+            "jsonlines",
+            "application/jsonlines",
+            _json({"bucket": "{bucket}", "key": "coffee.png", "pred_threshold": 0.7})
+            + "\n"
+            + _json({"bucket": "{bucket}", "key": "rocket.jpg", "pred_threshold": 0.7})
+            + "\n",
+            accept="application/jsonlines",
+        ),
+        Call("raw-png", "image/png", photo="astronaut.png"),
+        Call("no-accept", "application/json", _json({"bucket": "{bucket}", "key": "rocket.jpg"}), accept=None),
+        Call(
+            "bad-threshold",
+            "application/json",
+            _json({"bucket": "{bucket}", "key": "astronaut.png", "pred_threshold": 10}),
+            status=400,
+        ),
+        Call(
+            "bad-iou",
+            "application/json",
+            _json({"bucket": "{bucket}", "key": "astronaut.png", "iou_threshold": -1}),
+            status=400,
+        ),
+        Call("missing-object", "application/json", _json({"bucket": "{bucket}", "key": "nope.png"}), status=404),
+        Call("bad-json", "application/json", "{not json", status=400),
+        Call("bad-content-type", "text/plain", "hello", status=415),
+        Call(
+            "bad-accept",
+            "application/json",
+            _json({"bucket": "{bucket}", "key": "rocket.jpg"}),
+            accept="application/xml",
+            status=406,
+        ),
+    ),
+)
+
+CASES: tuple[Case, ...] = (EFFICIENTDET_D0,)
+
+
+# ---------------------------------------------------------------------------------------
+# Archives
+
+
+def build_archive(case: Case, workdir: Path, timeout: float = 600) -> Path:
+    """Run the case's builder command; returns the model.tar.gz."""
+    output = workdir / f"{case.name}.tar.gz"
+    smvision = PROJECT_BIN / "smvision"
+    subs = {"{output}": str(output), "{python}": sys.executable, "{smvision}": str(smvision)}
+    argv = [subs.get(arg, arg) for arg in case.build]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+    if done.returncode != 0 or not output.is_file():
+        raise RuntimeError(f"archive build {argv} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return output
+
+
+def extract_archive(archive: Path, model_dir: Path, read_only: bool = True) -> Path:
+    """Extract as SageMaker does to /opt/ml/model; read-only as SageMaker mounts it."""
+    model_dir.mkdir(parents=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(model_dir, filter="data")
+    if read_only:
+        for path in sorted(model_dir.rglob("*"), reverse=True):
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        model_dir.chmod(0o555)
+    return model_dir
+
+
+def make_writable(root: Path) -> None:
+    """Undo extract_archive's read-only bits so a temp dir can be removed."""
+    if not root.exists():
+        return
+    for dirpath, dirnames, _ in os.walk(root):
+        for name in dirnames:
+            path = Path(dirpath, name)
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | stat.S_IWUSR | stat.S_IXUSR)
+    root.chmod(root.stat().st_mode | stat.S_IWUSR)
+
+
+# ---------------------------------------------------------------------------------------
+# Processes: one session per server
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        # fields: state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != b"Z":
+            pids.append(int(entry))
+    return pids
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    content_type: str
+    seconds: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def jsonlines(self) -> list[Any]:
+        return [json.loads(line) for line in self.body.decode("utf-8").splitlines() if line.strip()]
+
+
+def post(url: str, body: bytes, headers: Mapping[str, str], timeout: float = 120) -> Reply:
+    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read()
+            return Reply(response.status, data, response.headers.get("Content-Type", ""), time.perf_counter() - start)
+    except urllib.error.HTTPError as err:
+        data = err.read()
+        return Reply(err.code, data, err.headers.get("Content-Type", ""), time.perf_counter() - start)
+
+
+class ServerProcess:
+    """A server started in its own session, logging to a file; stop() kills the session."""
+
+    label = "server"
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.sid = self.process.pid
+        self.ready_after: float | None = None
+
+    def invoke(self, call: Call, bucket: str, timeout: float = 120) -> Reply:
+        return post(self.url + "/invocations", call.render(bucket), call.headers(), timeout)
+
+    def wait_ready(self, probe: Call, bucket: str, timeout: float) -> float:
+        """Seconds from start until `probe` answers 200 (a good answer, not /ping)."""
+        deadline = self.started + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None and not _session_pids(self.sid):
+                raise RuntimeError(f"{self.label} exited ({self.process.returncode}) before answering:\n{self.log_tail()}")
+            try:
+                reply = self.invoke(probe, bucket, timeout=max(1.0, min(60.0, deadline - time.monotonic())))
+                if reply.status == 200:
+                    self.ready_after = time.monotonic() - self.started
+                    return self.ready_after
+                last = f"{reply.status} {reply.body[:300]!r}"
+            except OSError as exc:  # refused, reset, timeout
+                last = repr(exc)
+            time.sleep(0.25)
+        raise TimeoutError(f"{self.label}: no good answer after {timeout:.0f} s (last: {last}):\n{self.log_tail()}")
+
+    def pids(self) -> list[int]:
+        return _session_pids(self.sid)
+
+    def rss(self) -> int:
+        """Resident memory of every process of the server (its session), in bytes."""
+        return sum(_rss_bytes(pid) for pid in self.pids())
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace: float = 30) -> None:
+        """SIGTERM the session, then SIGKILL whatever is left after `grace` seconds."""
+        try:
+            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+                pids = self.pids()
+                if not pids and self.process.poll() is not None:
+                    break
+                try:
+                    os.killpg(self.sid, sig)
+                except ProcessLookupError:
+                    pass
+                for pid in pids:  # members that left the process group, if any
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline:
+                    self.process.poll()
+                    if not self.pids():
+                        break
+                    time.sleep(0.1)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        finally:
+            self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _base_env(extra: Mapping[str, str]) -> dict[str, str]:
+    keep = ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "JAVA_HOME", "SSL_CERT_FILE")
+    env = {key: os.environ[key] for key in keep if key in os.environ}
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",  # as in the AWS image
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class OurServer(ServerProcess):
+    """`smvision serve --model-dir DIR --port N` from the project environment."""
+
+    label = "smvision serve"
+
+    def __init__(self, model_dir: Path, workdir: Path, env: Mapping[str, str], port: int | None = None) -> None:
+        port = port or free_port()
+        tmp = workdir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        full_env = _base_env(
+            {"PATH": f"{PROJECT_BIN}:/usr/local/bin:/usr/bin:/bin", "TMPDIR": str(tmp), "TEMP": str(tmp), **env}
+        )
+        argv = [str(PROJECT_BIN / "smvision"), "serve", "--model-dir", str(model_dir), "--port", str(port)]
+        super().__init__(argv, full_env, workdir, workdir / "serve.log", port)
+
+
+class ToolkitServer(ServerProcess):
+    """sagemaker_pytorch_serving_container.serving.main() on TorchServe, from the toolkit venv.
+
+    model_dir must be <base>/model: the toolkit derives it from SAGEMAKER_BASE_DIR.
+    """
+
+    label = "toolkit (TorchServe)"
+
+    def __init__(self, venv: Path, model_dir: Path, workdir: Path, env: Mapping[str, str], port: int | None = None) -> None:
+        if model_dir.name != "model":
+            raise ValueError("the toolkit reads the model from $SAGEMAKER_BASE_DIR/model")
+        port = port or free_port()
+        tmp, cwd = workdir / "tmp", workdir / "cwd"
+        tmp.mkdir(parents=True, exist_ok=True)
+        cwd.mkdir(parents=True, exist_ok=True)
+        loopback = "http://127.0.0.1"
+        full_env = _base_env(
+            {
+                "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+                "VIRTUAL_ENV": str(venv),
+                "SAGEMAKER_BASE_DIR": str(model_dir.parent),
+                "SAGEMAKER_BIND_TO_PORT": str(port),
+                "SMVISION_TS_CONFIG_FILE": str(tmp / "sagemaker-ts.properties"),
+                "TEMP": str(tmp),
+                "TMPDIR": str(tmp),
+                "LOG_LOCATION": str(cwd / "logs"),
+                "METRICS_LOCATION": str(cwd / "logs"),
+                "PIP_CACHE_DIR": str(tmp / "pip-cache"),
+                "TS_INFERENCE_ADDRESS": f"{loopback}:{port}",
+                "TS_MANAGEMENT_ADDRESS": f"{loopback}:{port}",
+                "TS_METRICS_ADDRESS": f"{loopback}:{free_port()}",
+                "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1",
+                "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1",
+                "TS_GRPC_INFERENCE_PORT": str(free_port()),
+                "TS_GRPC_MANAGEMENT_PORT": str(free_port()),
+                **env,
+            }
+        )
+        argv = [str(venv / "bin" / "python"), str(LAUNCHER)]
+        super().__init__(argv, full_env, cwd, workdir / "toolkit.log", port)
+
+
+# ---------------------------------------------------------------------------------------
+# One lock for every toolkit server started through this module: the toolkit refuses to
+# start when it sees another TorchServe frontend on the machine ("multiple ts model
+# servers are not supported": it scans all processes for org.pytorch.serve.ModelServer).
+
+
+class ToolkitLock:
+    def __init__(self, timeout: float = 900) -> None:
+        self.path = Path(tempfile.gettempdir()) / "smvision-toolkit-server.lock"
+        self.timeout = timeout
+        self._file = None
+
+    def __enter__(self) -> "ToolkitLock":
+        self._file = open(self.path, "a")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another toolkit server held {self.path} for {self.timeout:.0f} s")
+                time.sleep(0.5)
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+
+def other_torchserve_pids() -> list[int]:
+    """TorchServe frontends already running on this machine (the toolkit allows one)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if b"org.pytorch.serve.ModelServer" in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# Comparing answers
+
+
+def compare_json(ours: Any, theirs: Any, rel: float = 1e-4, abs_: float = 1e-4, path: str = "$") -> list[str]:
+    """Differences between two JSON values, numbers equal up to tolerance."""
+    if isinstance(ours, bool) or isinstance(theirs, bool):
+        return [] if ours is theirs else [f"{path}: {ours!r} != {theirs!r}"]
+    if isinstance(ours, (int, float)) and isinstance(theirs, (int, float)):
+        if math.isclose(ours, theirs, rel_tol=rel, abs_tol=abs_):
+            return []
+        return [f"{path}: {ours!r} != {theirs!r}"]
+    if type(ours) is not type(theirs):
+        return [f"{path}: {type(ours).__name__} != {type(theirs).__name__}"]
+    if isinstance(ours, dict):
+        if ours.keys() != theirs.keys():
+            return [f"{path}: keys {sorted(ours)} != {sorted(theirs)}"]
+        return [d for key in ours for d in compare_json(ours[key], theirs[key], rel, abs_, f"{path}.{key}")]
+    if isinstance(ours, list):
+        if len(ours) != len(theirs):
+            return [f"{path}: {len(ours)} items != {len(theirs)}"]
+        return [d for i, (a, b) in enumerate(zip(ours, theirs)) for d in compare_json(a, b, rel, abs_, f"{path}[{i}]")]
+    return [] if ours == theirs else [f"{path}: {ours!r} != {theirs!r}"]
+
+
+def decode(reply: Reply, call: Call) -> Any:
+    if call.accept == "application/jsonlines":
+        return reply.jsonlines()
+    return reply.json()
+
+
+# ---------------------------------------------------------------------------------------
+# What a run wrote outside temporary directories
+
+
+class WriteWatch:
+    """Paths under `roots` created, modified, removed-from or chmod-ed since start().
+
+    One `find -newer/-cnewer MARKER` walk per root after the run (a removal shows as its
+    folder's new mtime). `ignore` paths are pruned. For `source_trees` (a checkout that
+    people may be editing while the test runs) edits of source files and folders whose
+    mtime changed are not counted; new folders and every other new or changed file are.
+    """
+
+    SOURCE_SUFFIXES = frozenset(
+        ".py .pyi .md .rst .txt .cfg .toml .ini .sh .json .yml .yaml .ipynb .in".split()
+    )
+
+    def __init__(
+        self,
+        roots: Sequence[Path],
+        ignore: Sequence[Path],
+        marker_dir: Path,
+        source_trees: Sequence[Path] = (),
+    ) -> None:
+        self.roots = [Path(r) for r in roots if Path(r).exists()]
+        self.ignore = [Path(i) for i in ignore]
+        self.marker = Path(marker_dir) / "write-watch.marker"
+        self.source_trees = [Path(t) for t in source_trees]
+        self._dirs_before: set[str] = set()
+
+    def _dirs(self) -> set[str]:
+        found = set()
+        for tree in self.source_trees:
+            for dirpath, dirnames, _ in os.walk(tree):
+                dirnames[:] = [d for d in dirnames if Path(dirpath, d) not in self.ignore]
+                found.update(os.path.join(dirpath, d) for d in dirnames)
+        return found
+
+    def start(self) -> None:
+        self._dirs_before = self._dirs()
+        self.marker.write_text("")
+        time.sleep(0.02)  # anything written from now on is strictly newer than the marker
+
+    def _edit(self, path: str) -> bool:
+        p = Path(path)
+        if not any(p.is_relative_to(t) for t in self.source_trees) or "__pycache__" in p.parts:
+            return False
+        if p.is_dir():
+            return path in self._dirs_before
+        return p.suffix in self.SOURCE_SUFFIXES
+
+    def written(self) -> list[str]:
+        found: set[str] = set()
+        for root in self.roots:
+            argv = ["find", str(root), "-xdev"]
+            for path in self.ignore:
+                argv += ["-path", str(path), "-prune", "-o"]
+            argv += ["(", "-newer", str(self.marker), "-o", "-cnewer", str(self.marker), ")", "-print"]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+            found.update(line for line in done.stdout.splitlines() if line)
+        found.update(self._dirs() - self._dirs_before)  # new folders, even if emptied
+        return sorted(p for p in found if not self._edit(p))
+
+
+def iter_cases(names: Sequence[str] | None = None) -> Iterator[Case]:
+    for case in CASES:
+        if not names or case.name in names:
+            yield case
