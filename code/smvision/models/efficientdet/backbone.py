@@ -10,7 +10,7 @@ from __future__ import annotations
 from efficientnet_pytorch import EfficientNet
 from torch import Tensor, nn
 
-from .layers import Conv2dSame, Swish
+from .layers import Conv2dSame, Swish, fold_batchnorm
 
 _HEAD_MODULES = ("_conv_head", "_bn1", "_avg_pooling", "_dropout", "_fc")
 
@@ -58,6 +58,19 @@ class EfficientNetBackbone(nn.Module):
             raise ValueError("EfficientNet has fewer than three downsampling stages")
         p3, p4, p5 = taps[-3:]
         return p3, p4, p5
+
+    def fuse_batchnorm(self) -> None:
+        """Fold every BN into the conv before it (inference only; changes the state_dict)."""
+        model = self.model
+        fold_batchnorm(model._conv_stem, model._bn0)
+        model._bn0 = nn.Identity()
+        for block in model._blocks:
+            pairs = [("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]
+            if block._block_args.expand_ratio != 1:
+                pairs.append(("_expand_conv", "_bn0"))
+            for conv, bn in pairs:
+                fold_batchnorm(getattr(block, conv), getattr(block, bn))
+                setattr(block, bn, nn.Identity())
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         model = self.model

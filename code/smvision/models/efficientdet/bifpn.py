@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import SeparableConvBlock, max_pool_same, projection, swish
+from .layers import SeparableConvBlock, fuse_projection, max_pool_same, projection, swish
 
 FUSION_EPS = 1e-4
 
@@ -64,7 +64,15 @@ class BiFPN(nn.Module):
         for name, n in (("p4_w2", 3), ("p5_w2", 3), ("p6_w2", 3), ("p7_w2", 2)):
             self.register_parameter(name, nn.Parameter(torch.ones(n, dtype=torch.float32)))
 
-    def _fuse(self, weight_name: str, inputs: list[Tensor]) -> Tensor:
+    def fuse_batchnorm(self) -> None:
+        """Fold every BN into the conv before it (inference only; changes the state_dict)."""
+        for module in self.children():
+            if isinstance(module, SeparableConvBlock):
+                module.fuse_batchnorm()
+            elif isinstance(module, nn.Sequential):
+                fuse_projection(module)
+
+    def _combine(self, weight_name: str, inputs: list[Tensor]) -> Tensor:
         """swish(weighted or plain sum of same-shaped inputs)."""
         if self.attention:
             w = F.relu(getattr(self, weight_name))
@@ -101,7 +109,7 @@ class BiFPN(nn.Module):
         # Top-down path: mid[L] for L = top-1 .. 3 (mid[3] is already the P3 output).
         mid: dict[int, Tensor] = {top: td_in[top]}
         for level in range(top - 1, 2, -1):
-            fused = self._fuse(f"p{level}_w1", [td_in[level], _upsample(mid[level + 1])])
+            fused = self._combine(f"p{level}_w1", [td_in[level], _upsample(mid[level + 1])])
             mid[level] = getattr(self, f"conv{level}_up")(fused)
 
         # Bottom-up path.
@@ -109,5 +117,5 @@ class BiFPN(nn.Module):
         for level in range(4, top + 1):
             down = max_pool_same(outs[-1])
             terms = [bu_in[level], down] if level == top else [bu_in[level], mid[level], down]
-            outs.append(getattr(self, f"conv{level}_down")(self._fuse(f"p{level}_w2", terms)))
+            outs.append(getattr(self, f"conv{level}_down")(self._combine(f"p{level}_w2", terms)))
         return tuple(outs)

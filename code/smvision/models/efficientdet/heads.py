@@ -10,6 +10,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .layers import SeparableConvBlock, batch_norm, swish
 
@@ -25,13 +26,39 @@ class _Head(nn.Module):
             nn.ModuleList(batch_norm(channels) for _ in range(num_layers)) for _ in range(num_levels)
         )
         self.header = SeparableConvBlock(channels, num_anchors * outputs_per_anchor, norm=False)
+        self.fused: nn.ModuleList | None = None  # per level, per layer: pointwise conv with its BN folded in
+
+    def fuse_batchnorm(self) -> None:
+        """Fold each level's BNs into per-level copies of the shared pointwise convs.
+
+        Inference only: the state_dict changes (bn_list goes, `fused` comes).
+        """
+        self.fused = nn.ModuleList(
+            nn.ModuleList(
+                fuse_conv_bn_eval(conv.pointwise_conv.conv.eval(), bn.eval()) for conv, bn in zip(self.conv_list, bns)
+            )
+            for bns in self.bn_list
+        )
+        for conv in self.conv_list:
+            conv.pointwise_conv = None
+        self.bn_list = None
+
+    def _tower(self, feat: Tensor, level: int) -> Tensor:
+        if self.fused is None:
+            for conv, bn in zip(self.conv_list, self.bn_list[level]):
+                feat = swish(bn(conv(feat)))
+        else:
+            for conv, pointwise in zip(self.conv_list, self.fused[level]):
+                feat = swish(pointwise(conv.depthwise_conv(feat)))
+        return feat
 
     def _raw(self, features: tuple[Tensor, ...]) -> Tensor:
+        levels = len(self.bn_list if self.fused is None else self.fused)
+        if len(features) != levels:
+            raise ValueError(f"head built for {levels} pyramid levels got {len(features)}")
         outs = []
-        for feat, bns in zip(features, self.bn_list, strict=True):
-            for conv, bn in zip(self.conv_list, bns):
-                feat = swish(bn(conv(feat)))
-            feat = self.header(feat)
+        for level, feat in enumerate(features):
+            feat = self.header(self._tower(feat, level))
             # (B, A*k, H, W) -> (B, H*W*A, k); a free view when the map is channels_last.
             outs.append(feat.permute(0, 2, 3, 1).reshape(feat.shape[0], -1, self.outputs_per_anchor))
         return torch.cat(outs, dim=1)

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 BN_MOMENTUM = 0.01
 BN_EPS = 1e-3
@@ -92,6 +93,17 @@ class MaxPool2dSame(nn.Module):
         return max_pool_same(x)
 
 
+def fold_batchnorm(conv: Conv2dSame, bn: nn.BatchNorm2d) -> None:
+    """In place, for inference: make `conv` compute bn(conv(x)) by itself."""
+    conv.conv = fuse_conv_bn_eval(conv.conv.eval(), bn.eval())
+
+
+def fuse_projection(layers: nn.Sequential) -> None:
+    """Fold a projection's BN (index 1) into its conv (index 0)."""
+    fold_batchnorm(layers[0], layers[1])
+    layers[1] = nn.Identity()
+
+
 class SeparableConvBlock(nn.Module):
     """Depthwise 3x3 (no bias) -> pointwise 1x1 (bias) -> optional BN; no activation."""
 
@@ -101,6 +113,12 @@ class SeparableConvBlock(nn.Module):
         self.depthwise_conv = Conv2dSame(in_channels, in_channels, 3, groups=in_channels, bias=False)
         self.pointwise_conv = Conv2dSame(in_channels, out_channels, 1)
         self.bn = batch_norm(out_channels) if norm else None
+
+    def fuse_batchnorm(self) -> None:
+        """Fold the BN into the pointwise conv (inference only; changes the state_dict)."""
+        if self.bn is not None:
+            fold_batchnorm(self.pointwise_conv, self.bn)
+            self.bn = None
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pointwise_conv(self.depthwise_conv(x))
@@ -133,6 +151,8 @@ __all__ = [
     "SeparableConvBlock",
     "Swish",
     "batch_norm",
+    "fold_batchnorm",
+    "fuse_projection",
     "max_pool_same",
     "pad_same",
     "projection",
