@@ -757,4 +757,7 @@ def test_detector_loads_weights_falls_back_to_fp32_on_cpu_and_warms_up(d0_weight
     with torch.inference_mode():
         for got, expected in zip(model(x.contiguous(memory_format=torch.channels_last)), reference.eval()(x)):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert model.fuse_batchnorm() is model  # a second fold is a no-op
+    with pytest.raises(ValueError, match="folded"):
+        load_zylo117_state_dict(model, d0_weights)
     detector.warm_up()

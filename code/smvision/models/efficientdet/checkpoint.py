@@ -92,6 +92,8 @@ def load_zylo117_state_dict(model: EfficientDet, state_dict: Mapping[str, Tensor
             + ", ".join(map(str, list(state_dict)[:_SHOW]))
             + " - pass the model weights themselves"
         )
+    if getattr(model, "batchnorm_fused", False):
+        raise ValueError("this EfficientDet has its BatchNorm folded (inference copy): load weights before fuse_batchnorm()")
     state_dict = strip_module_prefix(state_dict)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL)]

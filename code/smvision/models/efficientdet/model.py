@@ -39,6 +39,8 @@ class EfficientDet(nn.Module):
         self.classifier = Classifier(
             config.fpn_channels, config.num_anchors, config.num_classes, config.head_repeats, num_levels
         )
+        # Random init as zylo117's training starts: class prior 0.01, so a fresh (demo)
+        # model does not score every anchor at ~0.5 and drown NMS in 49k boxes.
         self.classifier.init_prior()
         self.backbone_net = EfficientNetBackbone(config.backbone)
         self.batchnorm_fused = False
@@ -46,10 +48,12 @@ class EfficientDet(nn.Module):
     def fuse_batchnorm(self) -> "EfficientDet":
         """Fold every BatchNorm into the conv before it, for inference; returns self.
 
-        Outputs stay equal up to float rounding, the forward is about a quarter faster on
+        Outputs stay equal up to float rounding and the forward is about 20% faster on
         CPU, but the state_dict no longer has zylo117's layout: load weights first, and
         never save a fused model as a checkpoint.
         """
+        if self.batchnorm_fused:
+            return self
         self.eval()
         self.backbone_net.fuse_batchnorm()
         for cell in self.bifpn:
