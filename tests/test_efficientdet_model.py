@@ -401,7 +401,9 @@ def test_p3_p8_model_runs_end_to_end():
 
 @torch.inference_mode()
 def test_d0_and_d1_output_shapes():
-    for coef, size, anchors in ((0, 512, 49104), (1, 640, 9 * (80**2 + 40**2 + 20**2 + 10**2 + 5**2))):
+    # D0 at a small 256 (its 49,104 anchors at 512 are checked below), D1 at its own 640.
+    for coef, size, anchors in ((0, 256, 9 * (32**2 + 16**2 + 8**2 + 4**2 + 2**2)),
+                                (1, 640, 9 * (80**2 + 40**2 + 20**2 + 10**2 + 5**2))):
         model = EfficientDet(efficientdet_config(coef, num_classes=4)).eval()
         regression, classification = model(torch.randn(1, 3, size, size))
         assert regression.shape == (1, anchors, 4)
@@ -417,7 +419,7 @@ def test_zylo117_state_dict_loads_strictly_and_reproduces_its_forward():
     load_zylo117_state_dict(model, sd)
     assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
     model.eval()
-    x = torch.randn(2, 3, 384, 384)  # 384: P7 is 3x3, odd sizes exercise SAME padding
+    x = torch.randn(1, 3, 384, 384)  # 384: P7 is 3x3, odd sizes exercise SAME padding
     expected = ref_efficientdet_d0(sd, x, 6)
     got = model(x)
     got_cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
