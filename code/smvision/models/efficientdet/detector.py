@@ -26,9 +26,12 @@ def _check_thresholds(values: Sequence[float], name: str, count: int) -> list[fl
         raise ValueError(f"{name} has {len(values)} value(s) for {count} image(s)")
     out = []
     for v in values:
-        f = float(v)
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            f = math.nan
         if not math.isfinite(f) or not 0.0 <= f <= 1.0:
-            raise ValueError(f"{name} values must be in [0, 1], got {v!r}")
+            raise ValueError(f"{name} values must be numbers in [0, 1], got {v!r}")
         out.append(f)
     return out
 
@@ -88,7 +91,7 @@ class EfficientDetector:
         """Detections per image (HxWx3 uint8 RGB, any sizes), with per-image thresholds."""
         preds = _check_thresholds(pred_thresholds, "pred_thresholds", len(images))
         ious = _check_thresholds(iou_thresholds, "iou_thresholds", len(images))
-        if not images:
+        if len(images) == 0:
             return []
         size = self.config.input_size
         with torch.inference_mode():
