@@ -274,7 +274,8 @@ def ref_head(sd, p, feats, layers, per_anchor):
         for i in range(layers):
             feat = _swish(_bnf(sd, f"{p}.bn_list.{level}.{i}", _sepconv(sd, f"{p}.conv_list.{i}", feat, norm=False)))
         feat = _sepconv(sd, f"{p}.header", feat, norm=False).permute(0, 2, 3, 1)
-        outs.append(feat.reshape(feat.shape[0], feat.shape[1], feat.shape[2], 9, per_anchor).reshape(feat.shape[0], -1, per_anchor))
+        b, h, w = feat.shape[:3]
+        outs.append(feat.reshape(b, h, w, 9, per_anchor).reshape(b, -1, per_anchor))
     return torch.cat(outs, dim=1)
 
 
@@ -526,8 +527,10 @@ def test_wrong_compound_coef_explained(d0_weights):
 
 
 def test_pip_efficientnet_keys_explained(d0_weights):
-    pip_style = {k.replace(".conv.weight", ".weight").replace(".conv.bias", ".bias") if k.startswith("backbone_net") else k: v
-                 for k, v in d0_weights.items()}
+    def pip_name(k):
+        return k.replace(".conv.weight", ".weight").replace(".conv.bias", ".bias") if k.startswith("backbone") else k
+
+    pip_style = {pip_name(k): v for k, v in d0_weights.items()}
     with pytest.raises(ValueError, match=r"pip efficientnet_pytorch layout.*'\.conv'"):
         load_zylo117_state_dict(EfficientDet(efficientdet_config(0)), pip_style)
 

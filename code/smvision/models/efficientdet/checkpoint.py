@@ -15,7 +15,10 @@ _SHOW = 5
 _CLASS_HEADER = "classifier.header.pointwise_conv.conv.weight"
 _FPN_PROBE = "bifpn.0.conv6_up.pointwise_conv.conv.weight"
 _P3_PROBE = "bifpn.0.p3_down_channel.0.conv.weight"
-_PIP_STYLE = re.compile(r"^backbone_net\.model\.(_conv_stem|_blocks\.\d+\.(_expand_conv|_depthwise_conv|_se_reduce|_se_expand|_project_conv))\.(weight|bias)$")
+_PIP_STYLE = re.compile(
+    r"^backbone_net\.model\.(_conv_stem|_blocks\.\d+\."
+    r"(_expand_conv|_depthwise_conv|_se_reduce|_se_expand|_project_conv))\.(weight|bias)$"
+)
 _OPTIONAL = ".num_batches_tracked"  # BatchNorm fills these in when a checkpoint lacks them
 
 
@@ -68,7 +71,10 @@ def _hints(model: EfficientDet, state_dict: Mapping[str, Tensor], unexpected: li
     if coef is not None and coef != config.compound_coef and not (
         {coef, config.compound_coef} == {6, 7}
     ):
-        hints.append(f"the checkpoint looks like EfficientDet D{coef}, the model is D{config.compound_coef}: check the compound coefficient")
+        hints.append(
+            f"the checkpoint looks like EfficientDet D{coef}, the model is D{config.compound_coef}: "
+            "check the compound coefficient"
+        )
     if not hints:
         hints.append(
             f"check that the weights are a zylo117 EfficientDet D{config.compound_coef} state_dict "
@@ -85,7 +91,9 @@ def _listing(label: str, items: list[str]) -> str:
 def load_zylo117_state_dict(model: EfficientDet, state_dict: Mapping[str, Tensor]) -> None:
     """Load a zylo117 checkpoint strictly; ValueError with a diagnosis when it does not fit."""
     if not isinstance(state_dict, Mapping) or not state_dict:
-        raise ValueError(f"expected a non-empty state_dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+        raise ValueError(
+            f"expected a non-empty state_dict (a mapping of names to tensors), got {type(state_dict).__name__}"
+        )
     if not any(isinstance(v, Tensor) for v in state_dict.values()):
         raise ValueError(
             "this is not a state_dict (no tensor values); top-level keys: "
@@ -93,7 +101,9 @@ def load_zylo117_state_dict(model: EfficientDet, state_dict: Mapping[str, Tensor
             + " - pass the model weights themselves"
         )
     if getattr(model, "batchnorm_fused", False):
-        raise ValueError("this EfficientDet has its BatchNorm folded (inference copy): load weights before fuse_batchnorm()")
+        raise ValueError(
+            "this EfficientDet has its BatchNorm folded (inference copy): load weights before fuse_batchnorm()"
+        )
     state_dict = strip_module_prefix(state_dict)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL)]

@@ -18,7 +18,9 @@ from .layers import SeparableConvBlock, batch_norm, swish
 class _Head(nn.Module):
     """Shared conv tower + per-level BNs + a header with `outputs_per_anchor` values per anchor."""
 
-    def __init__(self, channels: int, num_anchors: int, outputs_per_anchor: int, num_layers: int, num_levels: int) -> None:
+    def __init__(
+        self, channels: int, num_anchors: int, outputs_per_anchor: int, num_layers: int, num_levels: int
+    ) -> None:
         super().__init__()
         self.outputs_per_anchor = outputs_per_anchor
         self.conv_list = nn.ModuleList(SeparableConvBlock(channels, norm=False) for _ in range(num_layers))

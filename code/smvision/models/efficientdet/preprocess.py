@@ -87,7 +87,9 @@ def _normalise_(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return x.div_(255.0).sub_(mean).div_(std)
 
 
-def normalise_resize(image: np.ndarray, new_h: int, new_w: int, mean: Tensor, std: Tensor, device: torch.device) -> Tensor:
+def normalise_resize(
+    image: np.ndarray, new_h: int, new_w: int, mean: Tensor, std: Tensor, device: torch.device
+) -> Tensor:
     """(new_h, new_w, 3) float32 on device: the normalised image, resized as cv2.resize(INTER_LINEAR).
 
     Normalising is per pixel, so only the source rows the interpolation reads are
