@@ -593,7 +593,7 @@ def test_preprocess_rejects_non_rgb_uint8():
 def _hand_case():
     """Four anchors on a 16x16 input, three classes."""
     anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0],   # A0
-                            [1.0, 1.0, 11.0, 11.0],   # A1: IoU 81/119 = 0.68 with A0
+                            [1.0, 1.0, 11.0, 11.0],   # A1: IoU 90/160 = 0.56 with decoded A0
                             [2.0, 2.0, 8.0, 8.0],     # A2
                             [0.0, 0.0, 10.0, 10.0]])  # A3: A0's box, another class
     regression = torch.zeros(1, 4, 4)
@@ -611,7 +611,7 @@ def test_postprocess_hand_built_case():
     geometry, regression, classification = _hand_case()
     fit = Resized(old_w=32, old_h=64, new_w=16, new_h=16)  # ratios 0.5 (x), 0.25 (y)
     (found,) = postprocess(regression, classification, geometry, (16, 16), [0.4], [0.5], [fit])
-    # A1 is suppressed by A0 (same class, IoU 0.68); A2 is under the threshold; A3 survives (class 2).
+    # A1 is suppressed by A0 (same class, IoU 0.56); A2 is under the threshold; A3 survives (class 2).
     # A0: y -4..16 clipped to 0..15, x 0..10.  A3: x -10..20 -> 0..15 (x2 <= width - 1), y 0..10.
     np.testing.assert_allclose(found.boxes, [[0 / 0.5, 0 / 0.25, 10 / 0.5, 15 / 0.25],
                                              [0 / 0.5, 0 / 0.25, 15 / 0.5, 10 / 0.25]], rtol=1e-6)
