@@ -199,3 +199,33 @@ def test_toolkit_venv_setup_is_idempotent_and_fast(toolkit_venv: Path):
     took = time.monotonic() - start
     assert again == toolkit_venv
     assert took < 10, f"re-running the setup on a built venv took {took:.1f} s"
+
+
+# --- the harness's own checks ----------------------------------------------------------
+
+
+def test_write_watch_sees_new_changed_and_removed(tmp_path):
+    tree, outside = tmp_path / "repo", tmp_path / "home"
+    (tree / "pkg").mkdir(parents=True)
+    outside.mkdir()
+    (tree / "pkg" / "mod.py").write_text("x = 1\n")
+    (outside / "keep.txt").write_text("a")
+    (outside / "gone.txt").write_text("b")
+    watch = h.WriteWatch([tree, outside], ignore=[outside / "ignored"], marker_dir=tmp_path, source_trees=[tree])
+    watch.start()
+    (tree / "pkg" / "mod.py").write_text("x = 2\n")  # someone editing source: not counted
+    (tree / "logs").mkdir()  # a new folder in the checkout: counted
+    (outside / "keep.txt").write_text("changed")
+    (outside / "gone.txt").unlink()
+    (outside / "ignored").mkdir()
+    (outside / "ignored" / "x").write_text("")
+    assert watch.written() == sorted([str(tree / "logs"), str(outside), str(outside / "keep.txt")])
+
+
+def test_compare_json_tolerates_float_noise_only():
+    a = {"detections": [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "class": "cat"}]}
+    assert h.compare_json(a, {"detections": [{"bbox": [1.00001, 2.0, 3.0, 4.0], "score": 0.5, "class": "cat"}]}) == []
+    assert h.compare_json(a, {"detections": [{"bbox": [1.1, 2.0, 3.0, 4.0], "score": 0.5, "class": "cat"}]})
+    assert h.compare_json(a, {"detections": [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "class": "dog"}]})
+    assert h.compare_json(a, {"detections": []})
+    assert h.compare_json({"n": 1}, {"n": True})

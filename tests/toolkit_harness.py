@@ -69,8 +69,15 @@ class ToolkitUnavailable(RuntimeError):
 # The toolkit venv
 
 
-def ensure_toolkit_venv(project_python: str = sys.executable, timeout: float = 1800) -> Path:
-    """Build (first time, ~30-40 s plus downloads) or reuse (<1 s) the toolkit venv."""
+def ensure_toolkit_venv(project_python: str | None = None, timeout: float = 1800) -> Path:
+    """Build (first time, ~30-40 s plus downloads) or reuse (<1 s) the toolkit venv.
+
+    Its torch, torchvision, numpy, pillow and boto3 are borrowed from `project_python`'s
+    environment: by default this interpreter's; $SMVISION_TOOLKIT_BASE_PYTHON names another
+    (e.g. a Python 3.12 venv with torch 2.6.0 / torchvision 0.21.0, as in the AWS image;
+    give it its own $SMVISION_TOOLKIT_VENV too).
+    """
+    project_python = project_python or os.environ.get("SMVISION_TOOLKIT_BASE_PYTHON") or sys.executable
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise ToolkitUnavailable("TorchServe needs Java 11+ (java on PATH or JAVA_HOME); none found")
     if shutil.which("bash") is None or shutil.which("flock") is None:
@@ -174,7 +181,7 @@ EFFICIENTDET_D0 = Case(
             "application/json",
             _json(
                 [
-                    {"s3_uri": "s3://{bucket}/rocket.jpg", "pred_threshold": 0.0102},
+                    {"s3_uri": "s3://{bucket}/rocket.jpg", "pred_threshold": 0.0103},
                     {"bucket": "{bucket}", "key": "astronaut.png", "pred_threshold": 0.7},
                 ]
             ),
@@ -587,7 +594,7 @@ class WriteWatch:
         self._dirs_before: set[str] = set()
 
     def _dirs(self) -> set[str]:
-        found = set()
+        found = {str(tree) for tree in self.source_trees}
         for tree in self.source_trees:
             for dirpath, dirnames, _ in os.walk(tree):
                 dirnames[:] = [d for d in dirnames if Path(dirpath, d) not in self.ignore]

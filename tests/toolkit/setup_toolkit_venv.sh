@@ -98,7 +98,10 @@ mkdir -p "$SHARED"
 # pip then sees them as installed and never downloads torch again.
 "$PROJECT_PYTHON" - "$SHARED" "${BORROW[@]}" <<'PY'
 import os, re, sys, importlib.metadata as md
-from packaging.requirements import Requirement
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # an environment without packaging still has pip's copy
+    from pip._vendor.packaging.requirements import Requirement
 
 shared, roots = sys.argv[1], sys.argv[2:]
 # Installed in the toolkit venv itself (pinned above), never borrowed.
