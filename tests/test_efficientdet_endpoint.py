@@ -9,7 +9,11 @@ import pytest
 import requests
 
 from conftest import BUCKET
+from support import Server
 
+# A randomly initialised D0 starts as zylo117's training does (class prior 0.01), so it
+# scores every anchor at about 0.01: a threshold of 0.005 lets them all through to NMS.
+EVERYTHING = {"pred_threshold": 0.005}
 SIZES = {"astronaut.png": [512, 512], "coffee.png": [600, 400], "rocket.jpg": [640, 427], "chelsea.png": [451, 300]}
 
 
@@ -26,7 +30,7 @@ def assert_result(result, source, size):
     assert result["image_size"] == size
     for d in result["detections"]:
         x1, y1, x2, y2 = d["bbox"]
-        assert 0 <= x1 <= x2 <= size[0] and 0 <= y1 <= y2 <= size[1]
+        assert 0 <= x1 < x2 <= size[0] and 0 <= y1 < y2 <= size[1]
         assert 0 < d["score"] <= 1
         assert isinstance(d["class_id"], int) and isinstance(d["class"], str) and d["class"]
 
@@ -48,14 +52,23 @@ def test_json_object_gives_one_object(d0_server):
     assert response.status_code == 200, response.text
     result = response.json()
     assert_result(result, f"s3://{BUCKET}/astronaut.png", [512, 512])
-    assert result["detections"], "random weights put every anchor over 0.2: expect detections"
+    assert result["detections"] == [], "random weights score about 0.01: nothing passes the default 0.2"
+
+
+def test_low_threshold_gives_boxes_inside_the_image(d0_server):
+    result = invoke(d0_server, {"bucket": BUCKET, "key": "rocket.jpg", **EVERYTHING}).json()
+    assert_result(result, f"s3://{BUCKET}/rocket.jpg", [640, 427])
+    assert len(result["detections"]) > 10
+    boxes = [d["bbox"] for d in result["detections"]]
+    assert max(b[2] for b in boxes) > 320 and max(b[3] for b in boxes) > 213, "boxes span the original image"
 
 
 def test_custom_thresholds_filter_detections(d0_server):
-    loose = invoke(d0_server, {"s3_uri": f"s3://{BUCKET}/rocket.jpg", "pred_threshold": 0.05, "iou_threshold": 0.9}).json()
+    loose = invoke(d0_server, {"s3_uri": f"s3://{BUCKET}/rocket.jpg", **EVERYTHING, "iou_threshold": 0.7}).json()
+    tight = invoke(d0_server, {"s3_uri": f"s3://{BUCKET}/rocket.jpg", **EVERYTHING, "iou_threshold": 0.2}).json()
     strict = invoke(d0_server, {"s3_uri": f"s3://{BUCKET}/rocket.jpg", "pred_threshold": 0.6, "iou_threshold": 0.3}).json()
-    assert all(d["score"] > 0.6 for d in strict["detections"])
-    assert len(strict["detections"]) < len(loose["detections"])
+    assert strict["detections"] == []
+    assert 0 < len(tight["detections"]) < len(loose["detections"])
 
 
 @pytest.mark.parametrize("name, value", [
@@ -79,31 +92,49 @@ def test_misspelt_parameter_is_400(d0_server):
 
 
 def test_json_array_jsonlines_raw_and_base64_agree(d0_server, photos):
-    reference = invoke(d0_server, {"bucket": BUCKET, "key": "coffee.png"}).json()
-    as_array = invoke(d0_server, [{"s3_uri": f"s3://{BUCKET}/coffee.png"}]).json()
-    lines = invoke(d0_server, json.dumps({"bucket": BUCKET, "key": "coffee.png"}) + "\n" + json.dumps({"bucket": BUCKET, "key": "rocket.jpg"}),
+    reference = invoke(d0_server, {"bucket": BUCKET, "key": "coffee.png", **EVERYTHING}).json()
+    as_array = invoke(d0_server, [{"s3_uri": f"s3://{BUCKET}/coffee.png", **EVERYTHING}]).json()
+    lines = invoke(d0_server, json.dumps({"bucket": BUCKET, "key": "coffee.png", **EVERYTHING}) + "\n" + json.dumps({"bucket": BUCKET, "key": "rocket.jpg"}),
                    "application/jsonlines", accept="application/jsonlines")
-    raw = invoke(d0_server, photos["coffee.png"], "image/png").json()
-    inline = invoke(d0_server, {"image": base64.b64encode(photos["coffee.png"]).decode()}).json()
+    inline = invoke(d0_server, {"image": base64.b64encode(photos["coffee.png"]).decode(), **EVERYTHING}).json()
     assert lines.headers["content-type"].startswith("application/jsonlines")
     first_line = json.loads(lines.text.splitlines()[0])
     assert len(lines.text.splitlines()) == 2
-    for other in (as_array[0], first_line, raw, inline):
+    assert reference["detections"]
+    for other in (as_array[0], first_line, inline):
         assert other["detections"] == reference["detections"]
-    assert raw["source"] == inline["source"] == "inline image"
+    assert inline["source"] == "inline image"
+
+
+def test_raw_image_bodies_use_the_default_thresholds_from_env(d0_model_dir, photos, tmp_path):
+    env = {"DEFAULT_PRED_THRESHOLD": "0.005", "DEFAULT_IOU_THRESHOLD": "0.5"}
+    server = Server(d0_model_dir, env=env, log_path=tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        raw = invoke(server, photos["coffee.png"], "image/png")
+        assert raw.status_code == 200, raw.text
+        by_reference = invoke(server, {"bucket": BUCKET, "key": "coffee.png"}).json()
+        explicit = invoke(server, {"bucket": BUCKET, "key": "coffee.png", "pred_threshold": 0.005, "iou_threshold": 0.5}).json()
+        assert raw.json()["source"] == "inline image"
+        assert raw.json()["detections"] == by_reference["detections"] == explicit["detections"]
+        assert len(explicit["detections"]) > 10
+    finally:
+        assert server.stop() == 0
 
 
 def test_batched_request_matches_single_requests(d0_server):
     names = ["chelsea.png", "rocket.jpg", "astronaut.png"]
-    params = {"pred_threshold": 0.5, "iou_threshold": 0.5}
+    params = {**EVERYTHING, "iou_threshold": 0.3}
     batched = invoke(d0_server, [{"bucket": BUCKET, "key": n, **params} for n in names]).json()
     for name, result in zip(names, batched):
         single = invoke(d0_server, {"bucket": BUCKET, "key": name, **params}).json()
         assert result["source"] == single["source"]
-        assert len(result["detections"]) == len(single["detections"])
-        for a, b in zip(result["detections"][:20], single["detections"][:20]):
-            assert a["class_id"] == b["class_id"]
-            assert a["bbox"] == pytest.approx(b["bbox"], abs=0.5)
+        # Random weights score thousands of anchors within float rounding of each other,
+        # so NMS over them may decide a few differently at another batch size; the exact
+        # batch-vs-single equality is tested on the detector in test_efficientdet_model.
+        ours, theirs = len(result["detections"]), len(single["detections"])
+        assert theirs > 100 and abs(ours - theirs) <= 0.01 * theirs
+        assert result["image_size"] == single["image_size"] == SIZES[name]
 
 
 def test_exif_rotated_photo_is_served_upright(d0_server):

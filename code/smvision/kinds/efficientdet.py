@@ -71,8 +71,16 @@ class EfficientDetModel:
         )
 
     def result(self, record: Record, image: np.ndarray, found: Any) -> dict[str, Any]:
-        """CONTRACT section 4: boxes in original-image pixels, with class names."""
+        """CONTRACT section 4: boxes in original-image pixels, with class names.
+
+        zylo117 clips boxes to the padded square input, so a box may run past the
+        image's bottom or right edge, or lie wholly in the padding; here boxes are
+        clipped to the image itself and those left with no area are dropped.
+        """
         height, width = image.shape[:2]
+        boxes = np.clip(found.boxes, 0, [width, height, width, height])
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, scores, class_ids = boxes[keep], found.scores[keep], found.class_ids[keep]
         detections = [
             {
                 "bbox": [round(float(v), 2) for v in box],
@@ -80,7 +88,7 @@ class EfficientDetModel:
                 "class_id": int(class_id),
                 "class": self.class_name(int(class_id)),
             }
-            for box, score, class_id in zip(found.boxes.tolist(), found.scores.tolist(), found.class_ids.tolist())
+            for box, score, class_id in zip(boxes.tolist(), scores.tolist(), class_ids.tolist())
         ]
         return {"source": record.source.describe(), "image_size": [width, height], "detections": detections}
 
