@@ -1,23 +1,27 @@
 """The same archive and requests against our server and against the AWS toolkit, side by side.
 
     python benchmarks/toolkit_vs_ours.py [--case efficientdet-d0] [--call json-object]
-        [--requests 40] [--clients 2] [--workers 1] [--archive model.tar.gz]
+        [--requests 40] [--clients 2] [--workers 1] [--rounds 4] [--archive model.tar.gz]
 
 "Toolkit" is sagemaker-pytorch-inference 2.0.25 on TorchServe 0.12, as `serve` runs it in
 the AWS PyTorch 2.6 inference image, natively from its own venv (built or reused by
 tests/toolkit/setup_toolkit_venv.sh); "ours" is `smvision serve`. Both get the same
 extracted archive (read-only), the same S3 (a moto server with skimage photos), the same
-number of model workers, and the same requests; they run one after the other, never at
-the same time, so they do not share the CPU.
+number of model workers, and the same requests.
 
 Per server:
 - startup: process start -> first 200 from POST /invocations (not /ping: TorchServe
   answers /ping 200 before its worker can serve, even while the worker crash-loops);
+  the two start one after the other, each alone on the machine;
 - latency p50 / p95 / mean over --requests sequential requests (after 3 warm-up ones);
 - requests/s with --clients concurrent clients, --requests in all;
-- resident memory: the sum of RSS over every process of the server (TorchServe's java
-  frontend is re-parented away from the launcher, so "every process of its session"),
-  idle after startup and the peak sampled during the load.
+- memory: the sum over every process of the server (TorchServe's java frontend is
+  re-parented away from the launcher, so "every process of its session") of RSS, and of
+  PSS (which splits the pages of shared libraries such as libtorch between the processes
+  that map them, so it does not count them twice); idle after startup, and the peak
+  sampled under load.
+Then both stay up and the measurements alternate in --rounds rounds, so that whatever else
+runs on the machine weighs on both alike.
 
 Every loop is bounded by --requests; everything started is stopped.
 """
@@ -40,24 +44,26 @@ sys.path.insert(0, str(REPO / "tests"))
 import toolkit_harness as h  # noqa: E402
 
 
-class RssSampler:
-    """Peak of server.rss() sampled every `every` seconds while running."""
+class MemorySampler:
+    """Peaks of server.rss() and server.pss() sampled every `every` seconds while running."""
 
-    def __init__(self, server: h.ServerProcess, every: float = 0.2) -> None:
-        self.server, self.every, self.peak = server, every, 0
+    def __init__(self, server: h.ServerProcess, every: float = 0.25) -> None:
+        self.server, self.every = server, every
+        self.rss_peak = self.pss_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.server.rss())
+            self.rss_peak = max(self.rss_peak, self.server.rss())
+            self.pss_peak = max(self.pss_peak, self.server.pss())
             self._stop.wait(self.every)
 
-    def __enter__(self) -> "RssSampler":
+    def start(self) -> "MemorySampler":
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
 
@@ -69,41 +75,50 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def measure(server: h.ServerProcess, call: h.Call, bucket: str, args: argparse.Namespace, timeout: float) -> dict:
-    result: dict[str, float] = {}
-    result["startup_s"] = server.wait_ready(call, bucket, timeout)
-    time.sleep(1.0)
-    result["rss_idle_mb"] = server.rss() / 2**20
-    body, headers = call.render(bucket), call.headers()
-    url = server.url + "/invocations"
-    for _ in range(3):
-        h.post(url, body, headers)
-    with RssSampler(server) as sampler:
-        latencies = []
-        for _ in range(args.requests):
-            reply = h.post(url, body, headers)
-            if reply.status != 200:
-                raise RuntimeError(f"{server.label}: {reply.status} {reply.body[:300]!r}")
-            latencies.append(reply.seconds)
-        failures = []
+class Measured:
+    """One server's numbers, gathered over several rounds."""
 
-        def one(_: int) -> None:
-            reply = h.post(url, body, headers)
-            if reply.status != 200:
-                failures.append(reply.status)
+    def __init__(self, server: h.ServerProcess, call: h.Call, bucket: str) -> None:
+        self.server, self.body, self.headers = server, call.render(bucket), call.headers()
+        self.url = server.url + "/invocations"
+        self.latencies: list[float] = []
+        self.load_requests, self.load_seconds = 0, 0.0
+        self.result: dict[str, float] = {}
+        self.sampler = MemorySampler(server)
 
+    def post(self) -> h.Reply:
+        reply = h.post(self.url, self.body, self.headers)
+        if reply.status != 200:
+            raise RuntimeError(f"{self.server.label}: {reply.status} {reply.body[:300]!r}")
+        return reply
+
+    def idle(self) -> None:
+        time.sleep(1.0)
+        self.result["rss_idle_mb"] = self.server.rss() / 2**20
+        self.result["pss_idle_mb"] = self.server.pss() / 2**20
+        for _ in range(3):  # warm-up
+            self.post()
+        self.sampler.start()
+
+    def sequential(self, n: int) -> None:
+        self.latencies += [self.post().seconds for _ in range(n)]
+
+    def concurrent(self, n: int, clients: int) -> None:
         start = time.perf_counter()
-        with ThreadPoolExecutor(args.clients) as pool:
-            list(pool.map(one, range(args.requests)))
-        elapsed = time.perf_counter() - start
-    if failures:
-        raise RuntimeError(f"{server.label}: {len(failures)} failed requests under load: {failures[:5]}")
-    result["p50_ms"] = percentile(latencies, 0.5) * 1000
-    result["p95_ms"] = percentile(latencies, 0.95) * 1000
-    result["mean_ms"] = statistics.fmean(latencies) * 1000
-    result["rps"] = args.requests / elapsed
-    result["rss_peak_mb"] = sampler.peak / 2**20
-    return result
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(lambda _: self.post(), range(n)))
+        self.load_seconds += time.perf_counter() - start
+        self.load_requests += n
+
+    def finish(self) -> dict[str, float]:
+        self.sampler.stop()
+        self.result["p50_ms"] = percentile(self.latencies, 0.5) * 1000
+        self.result["p95_ms"] = percentile(self.latencies, 0.95) * 1000
+        self.result["mean_ms"] = statistics.fmean(self.latencies) * 1000
+        self.result["rps"] = self.load_requests / self.load_seconds
+        self.result["rss_peak_mb"] = self.sampler.rss_peak / 2**20
+        self.result["pss_peak_mb"] = self.sampler.pss_peak / 2**20
+        return self.result
 
 
 ROWS = (
@@ -112,8 +127,10 @@ ROWS = (
     ("p95_ms", "latency p95 (ms)", "{:.1f}"),
     ("mean_ms", "latency mean (ms)", "{:.1f}"),
     ("rps", "requests/s ({clients} clients)", "{:.2f}"),
-    ("rss_idle_mb", "resident memory idle (MB)", "{:.0f}"),
-    ("rss_peak_mb", "resident memory peak (MB)", "{:.0f}"),
+    ("rss_idle_mb", "memory idle, sum of RSS (MB)", "{:.0f}"),
+    ("rss_peak_mb", "memory peak, sum of RSS (MB)", "{:.0f}"),
+    ("pss_idle_mb", "memory idle, sum of PSS (MB)", "{:.0f}"),
+    ("pss_peak_mb", "memory peak, sum of PSS (MB)", "{:.0f}"),
 )
 
 
@@ -134,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=40, help="sequential requests, and again under load")
     parser.add_argument("--clients", type=int, default=2, help="concurrent clients for requests/s")
     parser.add_argument("--workers", type=int, default=1, help="model workers in both servers")
+    parser.add_argument("--rounds", type=int, default=4, help="alternations between the two servers")
     parser.add_argument("--archive", type=Path, help="an already built model.tar.gz (default: build one)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for a first good answer")
     args = parser.parse_args(argv)
-    if not 1 <= args.requests <= 5000 or not 1 <= args.clients <= 64:
-        parser.error("--requests 1-5000, --clients 1-64")
+    if not 1 <= args.requests <= 5000 or not 1 <= args.clients <= 64 or not 1 <= args.rounds <= args.requests:
+        parser.error("--requests 1-5000, --clients 1-64, --rounds 1-requests")
 
     case = next(c for c in h.CASES if c.name == args.case)
     call = next((c for c in case.calls if c.name == args.call), None) if args.call else case.calls[0]
@@ -154,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             "SAGEMAKER_PROGRAM": "inference.py",
             **case.env,
         }
-        results = {}
+        measured: dict[str, Measured] = {}
+        servers: list[h.ServerProcess] = []
         with h.LocalS3(root / "moto.log") as s3, h.ToolkitLock():
             s3.put(h.BUCKET, {name: h.skimage_photo(name).read_bytes() for name in h.PHOTOS})
             env.update(s3.env)
@@ -164,13 +183,27 @@ def main(argv: list[str] | None = None) -> int:
                     venv, h.extract_archive(archive, root / "toolkit" / "base" / "model"), root / "toolkit", env
                 ),
             }
-            for key, start in starts.items():
-                server = start()
-                try:
-                    results[key] = measure(server, call, h.BUCKET, args, args.timeout)
-                finally:
+            try:
+                # start one at a time (startup is measured alone), then keep both up and
+                # alternate rounds, so load from anything else on the machine hits both alike
+                for key, start in starts.items():
+                    server = start()
+                    servers.append(server)
+                    startup = server.wait_ready(call, h.BUCKET, args.timeout)
+                    measured[key] = Measured(server, call, h.BUCKET)
+                    measured[key].result["startup_s"] = startup
+                    measured[key].idle()
+                    print(f"{key}: first good answer after {startup:.1f} s", file=sys.stderr)
+                per_round = max(1, args.requests // args.rounds)
+                for number in range(args.rounds):
+                    for key, m in measured.items():
+                        m.sequential(per_round)
+                        m.concurrent(per_round, args.clients)
+                    print(f"round {number + 1}/{args.rounds} done", file=sys.stderr)
+                results = {key: m.finish() for key, m in measured.items()}
+            finally:
+                for server in servers:
                     server.stop()
-                print(f"{key}: done", file=sys.stderr)
         print(
             f"\n{case.name}, request {call.name!r} ({call.content_type}), {args.requests} requests, "
             f"{args.workers} worker(s), {args.clients} clients for requests/s, {os.cpu_count()} CPUs\n"

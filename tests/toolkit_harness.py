@@ -295,6 +295,18 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
+def _pss_bytes(pid: int) -> int:
+    """Proportional set size: shared pages (torch's libraries) split between processes."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 @dataclass
 class Reply:
     status: int
@@ -371,6 +383,10 @@ class ServerProcess:
     def rss(self) -> int:
         """Resident memory of every process of the server (its session), in bytes."""
         return sum(_rss_bytes(pid) for pid in self.pids())
+
+    def pss(self) -> int:
+        """Proportional set size of every process of the server, in bytes."""
+        return sum(_pss_bytes(pid) for pid in self.pids())
 
     def log_tail(self, lines: int = 40) -> str:
         try:
