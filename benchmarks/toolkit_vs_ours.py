@@ -17,9 +17,8 @@ Per server:
 - requests/s with --clients concurrent clients, --requests in all;
 - memory: the sum over every process of the server (TorchServe's java frontend is
   re-parented away from the launcher, so "every process of its session") of RSS, and of
-  PSS (which splits the pages of shared libraries such as libtorch between the processes
-  that map them, so it does not count them twice); idle after startup, and the peak
-  sampled under load.
+  USS (private pages only: RSS counts libtorch's shared pages once per process that maps
+  them); idle after startup, and the peak sampled under load.
 Then both stay up and the measurements alternate in --rounds rounds, so that whatever else
 runs on the machine weighs on both alike.
 
@@ -45,26 +44,36 @@ import toolkit_harness as h  # noqa: E402
 
 
 class MemorySampler:
-    """Peaks of server.rss() and server.pss() sampled every `every` seconds while running."""
+    """Peaks of server.rss() (every `every` s) and server.uss() (every `uss_every` s),
+    sampled only while running (reading smaps_rollup costs CPU: keep it rare)."""
 
-    def __init__(self, server: h.ServerProcess, every: float = 0.25) -> None:
-        self.server, self.every = server, every
-        self.rss_peak = self.pss_peak = 0
-        self._stop = threading.Event()
+    def __init__(self, server: h.ServerProcess, every: float = 0.25, uss_every: float = 2.0) -> None:
+        self.server, self.every, self.uss_every = server, every, uss_every
+        self.rss_peak = self.uss_peak = 0
+        self._running = threading.Event()
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        last_uss = 0.0
+        while not self._done.is_set():
+            if not self._running.wait(0.1):
+                continue
             self.rss_peak = max(self.rss_peak, self.server.rss())
-            self.pss_peak = max(self.pss_peak, self.server.pss())
-            self._stop.wait(self.every)
+            if time.monotonic() - last_uss >= self.uss_every:
+                self.uss_peak = max(self.uss_peak, self.server.uss())
+                last_uss = time.monotonic()
+            self._done.wait(self.every)
 
-    def start(self) -> "MemorySampler":
-        self._thread.start()
-        return self
+    def resume(self) -> None:
+        self._running.set()
 
-    def stop(self) -> None:
-        self._stop.set()
+    def pause(self) -> None:
+        self._running.clear()
+
+    def close(self) -> None:
+        self._done.set()
         self._thread.join(5)
 
 
@@ -95,29 +104,31 @@ class Measured:
     def idle(self) -> None:
         time.sleep(1.0)
         self.result["rss_idle_mb"] = self.server.rss() / 2**20
-        self.result["pss_idle_mb"] = self.server.pss() / 2**20
+        self.result["uss_idle_mb"] = self.server.uss() / 2**20
         for _ in range(3):  # warm-up
             self.post()
-        self.sampler.start()
 
-    def sequential(self, n: int) -> None:
-        self.latencies += [self.post().seconds for _ in range(n)]
-
-    def concurrent(self, n: int, clients: int) -> None:
-        start = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(lambda _: self.post(), range(n)))
-        self.load_seconds += time.perf_counter() - start
-        self.load_requests += n
+    def round(self, n: int, clients: int) -> None:
+        """n sequential requests (latency), then n from `clients` at once (requests/s)."""
+        self.sampler.resume()
+        try:
+            self.latencies += [self.post().seconds for _ in range(n)]
+            start = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                list(pool.map(lambda _: self.post(), range(n)))
+            self.load_seconds += time.perf_counter() - start
+            self.load_requests += n
+        finally:
+            self.sampler.pause()
 
     def finish(self) -> dict[str, float]:
-        self.sampler.stop()
+        self.sampler.close()
         self.result["p50_ms"] = percentile(self.latencies, 0.5) * 1000
         self.result["p95_ms"] = percentile(self.latencies, 0.95) * 1000
         self.result["mean_ms"] = statistics.fmean(self.latencies) * 1000
         self.result["rps"] = self.load_requests / self.load_seconds
         self.result["rss_peak_mb"] = self.sampler.rss_peak / 2**20
-        self.result["pss_peak_mb"] = self.sampler.pss_peak / 2**20
+        self.result["uss_peak_mb"] = self.sampler.uss_peak / 2**20
         return self.result
 
 
@@ -129,8 +140,8 @@ ROWS = (
     ("rps", "requests/s ({clients} clients)", "{:.2f}"),
     ("rss_idle_mb", "memory idle, sum of RSS (MB)", "{:.0f}"),
     ("rss_peak_mb", "memory peak, sum of RSS (MB)", "{:.0f}"),
-    ("pss_idle_mb", "memory idle, sum of PSS (MB)", "{:.0f}"),
-    ("pss_peak_mb", "memory peak, sum of PSS (MB)", "{:.0f}"),
+    ("uss_idle_mb", "memory idle, sum of USS (MB)", "{:.0f}"),
+    ("uss_peak_mb", "memory peak, sum of USS (MB)", "{:.0f}"),
 )
 
 
@@ -197,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_round = max(1, args.requests // args.rounds)
                 for number in range(args.rounds):
                     for key, m in measured.items():
-                        m.sequential(per_round)
-                        m.concurrent(per_round, args.clients)
+                        m.round(per_round, args.clients)
                     print(f"round {number + 1}/{args.rounds} done", file=sys.stderr)
                 results = {key: m.finish() for key, m in measured.items()}
             finally:

@@ -302,16 +302,19 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
-def _pss_bytes(pid: int) -> int:
-    """Proportional set size: shared pages (torch's libraries) split between processes."""
+def _uss_bytes(pid: int) -> int:
+    """Unique set size: the pages only this process maps (Private_Clean + Private_Dirty),
+    what its exit would give back; unlike PSS it does not depend on who else maps
+    the same libraries."""
+    total = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
     except (OSError, ValueError):
-        pass
-    return 0
+        return 0
+    return total
 
 
 @dataclass
@@ -421,9 +424,9 @@ class ServerProcess:
         """Resident memory of every process of the server (its session), in bytes."""
         return sum(_rss_bytes(pid) for pid in self.pids())
 
-    def pss(self) -> int:
-        """Proportional set size of every process of the server, in bytes."""
-        return sum(_pss_bytes(pid) for pid in self.pids())
+    def uss(self) -> int:
+        """Private memory (USS) of every process of the server, in bytes."""
+        return sum(_uss_bytes(pid) for pid in self.pids())
 
     def log_tail(self, lines: int = 40) -> str:
         try:
