@@ -513,6 +513,12 @@ class ToolkitServer(ServerProcess):
     def __init__(self, venv: Path, model_dir: Path, workdir: Path, env: Mapping[str, str], port: int | None = None) -> None:
         if model_dir.name != "model":
             raise ValueError("the toolkit reads the model from $SAGEMAKER_BASE_DIR/model")
+        others = other_torchserve_pids()
+        if others:
+            raise RuntimeError(
+                f"TorchServe already runs here (pids {others}); the toolkit refuses a second one "
+                "('multiple ts model servers are not supported'): stop it first"
+            )
         port = port or free_port()
         tmp, cwd = workdir / "tmp", workdir / "cwd"
         tmp.mkdir(parents=True, exist_ok=True)
