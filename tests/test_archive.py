@@ -103,3 +103,14 @@ def test_bad_compound_coef_is_a_usage_error(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2 and "0-8" in result.stderr
+
+
+def test_compound_coef_env_guards_against_the_wrong_archive(d0_model_dir, monkeypatch):
+    from smvision.kinds import load_model
+
+    monkeypatch.setenv("EFFICIENTDET_COMPOUND_COEF", "3")
+    with pytest.raises(ArchiveError, match="EFFICIENTDET_COMPOUND_COEF=3 but the archive .* holds D0"):
+        load_model(d0_model_dir)
+    monkeypatch.setenv("EFFICIENTDET_COMPOUND_COEF", "x")
+    with pytest.raises(ValueError, match="EFFICIENTDET_COMPOUND_COEF='x' is not an integer"):
+        load_model(d0_model_dir)

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from smvision.errors import bad_request, unsupported_content_type
+from smvision.errors import InferenceError, bad_request, unsupported_content_type
 
 JSON_TYPES = ("application/json",)
 JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
@@ -135,8 +135,8 @@ def _csv_record(index: int, line: str) -> Record:
     ref = line.split(",", 1)[0].strip().strip('"')
     try:
         bucket, key = parse_s3_reference(ref)
-    except Exception as exc:
-        raise bad_request(f"CSV line {index + 1}: {getattr(exc, 'message', exc)}") from None
+    except InferenceError as exc:
+        raise bad_request(f"CSV line {index + 1}: {exc.message}") from None
     return Record(index, ImageSource(bucket=bucket, key=key), {})
 
 

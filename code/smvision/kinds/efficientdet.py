@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,8 +103,8 @@ def load(model_dir: Path, manifest: Manifest) -> EfficientDetModel:
     from smvision.models.efficientdet import EfficientDetConfig, EfficientDetector
 
     config = EfficientDetConfig.from_dict(manifest.config)
-    wanted = os.environ.get("EFFICIENTDET_COMPOUND_COEF", "").strip()
-    if wanted and int(wanted) != config.compound_coef:
+    wanted = env_int("EFFICIENTDET_COMPOUND_COEF", config.compound_coef, 0, 8)
+    if wanted != config.compound_coef:
         raise ArchiveError(
             f"EFFICIENTDET_COMPOUND_COEF={wanted} but the archive at {model_dir} holds "
             f"D{config.compound_coef}; rebuild the archive or unset the variable"
