@@ -27,10 +27,12 @@ from collections.abc import Callable
 from typing import Any
 
 from smvision.errors import InferenceError
+from smvision.records import media_type
 
 log = logging.getLogger("smvision.container")
 
-#: Media types whose bodies the toolkit hands over as str.
+#: Media types whose bodies arrive as str (the toolkit decodes JSON and CSV; JSON lines
+#: are text too, and smvision's input_fn takes either).
 TEXT_TYPES = frozenset(
     {
         "application/json",
@@ -38,7 +40,6 @@ TEXT_TYPES = frozenset(
         "application/jsonlines",
         "application/x-jsonlines",
         "application/jsonl",
-        "application/json-lines",
     }
 )
 OCTET_STREAM = "application/octet-stream"
@@ -47,11 +48,6 @@ ANY = "*/*"
 
 class EntryScriptError(RuntimeError):
     """The entry script cannot be used (missing, or a function with the wrong shape)."""
-
-
-def media_type(content_type: str) -> str:
-    """'Application/JSON; charset=utf-8' -> 'application/json'."""
-    return content_type.partition(";")[0].strip().lower()
 
 
 def _bind(func: Callable, name: str, nargs: int) -> Callable:
@@ -123,7 +119,6 @@ class Handler:
         self.program = program
         self.default_accept = default_accept
         self.model: Any = None
-        self.module: Any = None
         self._transform: Callable | None = None
         self._input: Callable = default_input_fn
         self._predict: Callable = default_predict_fn
@@ -147,7 +142,6 @@ class Handler:
         try:
             importlib.invalidate_caches()
             module = importlib.import_module(module_name)
-            self.module = module
             model_fn = getattr(module, "model_fn", None)
             if model_fn is None:
                 raise EntryScriptError(f"{script} defines no model_fn(model_dir)")

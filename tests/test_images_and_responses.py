@@ -76,3 +76,16 @@ def test_response_shape_mirrors_request_shape():
     body, kind = encode_results(results, True, "application/jsonlines")
     assert kind == "application/jsonlines"
     assert [json.loads(line) for line in body.decode().splitlines()] == results
+
+
+def test_pixel_limit_above_pillows_own_is_honoured():
+    data = encode(Image.new("L", (10_000, 9_500)), "PNG")  # 95 MP: over Pillow's built-in 89 MP
+    assert decode_image(data, "x", max_pixels=100_000_000).shape == (9_500, 10_000, 3)
+
+
+def test_huge_integer_threshold_is_400():
+    from smvision.params import unit_interval
+
+    with pytest.raises(InferenceError) as caught:
+        unit_interval(10**400, "pred_threshold", "record 0")
+    assert caught.value.status_code == 400 and "pred_threshold" in caught.value.message

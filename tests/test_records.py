@@ -95,3 +95,19 @@ def test_unsupported_content_type_is_415(content_type):
     status, message = statuses("b/k", content_type)
     assert status == 415
     assert "application/json" in message
+
+
+@pytest.mark.parametrize("body", ["[" * 100_000, '{"bucket": "b", "key": "k", "n": ' + "1" * 5000 + "}"])
+def test_hostile_json_is_400_not_500(body):
+    assert statuses(body, "application/json")[0] == 400
+    assert statuses(body, "application/jsonlines")[0] == 400
+
+
+def test_lone_surrogate_in_key_is_400():
+    status, message = statuses('{"bucket": "b", "key": "\\ud800"}', "application/json")
+    assert status == 400 and "'key'" in message
+
+
+def test_bom_is_ignored_on_text_bodies_too():
+    assert parse_request("\ufeffbucket/k.jpg\n", "text/csv").records[0].source.bucket == "bucket"
+    assert parse_request('\ufeff{"bucket": "b", "key": "k"}', "application/json").records[0].source.key == "k"

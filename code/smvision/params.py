@@ -24,7 +24,10 @@ def unit_interval(value: Any, name: str, where: str) -> float:
     """A number in (0, 1], or a 400 that names the parameter and says why."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad_request(f"{where}: {name} must be a number in (0, 1], got {value!r} ({type(value).__name__})")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
     if not math.isfinite(number) or not 0.0 < number <= 1.0:
         raise bad_request(f"{where}: {name} must be in (0, 1], got {value!r}")
     return number

@@ -113,7 +113,7 @@ def parse_s3_reference(text: str) -> tuple[str, str]:
 
 def _text(body: bytes | str) -> str:
     if isinstance(body, str):
-        return body
+        return body.removeprefix("\ufeff")
     try:
         return bytes(body).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -129,6 +129,8 @@ def _load_json(text: str, where: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise bad_request(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # nesting too deep, an integer too long
+        raise bad_request(f"{where} is not JSON this server accepts: {type(exc).__name__}: {exc}"[:300]) from None
 
 
 def _csv_record(index: int, line: str) -> Record:
@@ -151,7 +153,7 @@ def _json_record(index: int, item: Any) -> Record:
         return Record(index, ImageSource(data=_base64(item["image"], where)), params)
     if "s3_uri" in item:
         uri = item["s3_uri"]
-        if not isinstance(uri, str) or not uri.startswith("s3://"):
+        if not isinstance(uri, str) or not uri.startswith("s3://") or not _is_utf8(uri):
             raise bad_request(f"{where}: 's3_uri' must be a string like s3://bucket/key")
         bucket, key = parse_s3_reference(uri)
         return Record(index, ImageSource(bucket=bucket, key=key), params)
@@ -161,7 +163,17 @@ def _json_record(index: int, item: Any) -> Record:
     for name, value in (("bucket", bucket), ("key", key)):
         if not isinstance(value, str) or not value.strip():
             raise bad_request(f"{where}: '{name}' must be a non-empty string")
+        if not _is_utf8(value):
+            raise bad_request(f"{where}: '{name}' is not valid Unicode text (a lone surrogate?)")
     return Record(index, ImageSource(bucket=bucket.strip(), key=key), params)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _base64(value: Any, where: str) -> bytes:

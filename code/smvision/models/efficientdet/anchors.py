@@ -42,8 +42,3 @@ def generate_anchors(
         per_level.append(boxes.reshape(-1, 4))
     return torch.cat(per_level).to(dtype=torch.float32, device=device)
 
-
-def anchor_count(image_hw: tuple[int, int], pyramid_levels: Sequence[int], anchors_per_location: int) -> int:
-    """How many anchors generate_anchors gives, without building them."""
-    height, width = image_hw
-    return anchors_per_location * sum((height // 2**lv) * (width // 2**lv) for lv in pyramid_levels)
