@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from smvision.params import env_flag, env_int
+
 MB = 1024 * 1024
 
 #: Our own variables (everything else is SageMaker's).
@@ -28,8 +30,6 @@ _BATCH_STRATEGIES = {
     "single_record": "SINGLE_RECORD",
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
 
 
 class SettingsError(ValueError):
@@ -126,16 +126,10 @@ class Settings:
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
     try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name}={raw!r}: expected a number from {low} to {high}")
-    return value
+        return env_int(name, default, low, high, env)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, positive: bool) -> float:
@@ -154,9 +148,7 @@ def _number(env: Mapping[str, str], name: str, default: float, *, positive: bool
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise SettingsError(f"{name}={raw!r}: expected true or false")
+    try:
+        return env_flag(name, False, env)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None

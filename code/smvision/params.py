@@ -47,9 +47,10 @@ def env_unit_interval(name: str, default: float) -> float:
     return value
 
 
-def env_flag(name: str, default: bool = False) -> bool:
-    """'1', 'true', 'yes', 'on' (any case) -> True; '0', 'false', 'no', 'off', '' -> False."""
-    raw = os.environ.get(name)
+def env_flag(name: str, default: bool = False, env: Mapping[str, str] | None = None) -> bool:
+    """'1', 'true', 'yes', 'on' (any case) -> True; '0', 'false', 'no', 'off' -> False;
+    unset or empty -> default. env defaults to os.environ."""
+    raw = (os.environ if env is None else env).get(name)
     if raw is None or not raw.strip():
         return default
     value = raw.strip().lower()
@@ -60,9 +61,9 @@ def env_flag(name: str, default: bool = False) -> bool:
     raise ValueError(f"{name}={raw!r} is not a boolean; use true or false")
 
 
-def env_int(name: str, default: int, low: int, high: int) -> int:
-    """An integer setting in [low, high] from the environment."""
-    raw = os.environ.get(name)
+def env_int(name: str, default: int, low: int, high: int, env: Mapping[str, str] | None = None) -> int:
+    """An integer setting in [low, high] from the environment (env defaults to os.environ)."""
+    raw = (os.environ if env is None else env).get(name)
     if raw is None or not raw.strip():
         return default
     try:
