@@ -1,0 +1,37 @@
+"""ONNX Runtime sessions, made one way for every model kind (EfficientDet, SAM's decoder).
+
+Threads per session follow smvision.threads (cores // workers unless set), so K worker
+processes do not oversubscribe the CPU. On a machine with CUDA and onnxruntime-gpu the
+CUDA provider comes first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from smvision.threads import threads_per_worker
+
+
+def providers(device: str = "cpu") -> list[str]:
+    """Execution providers for device ('cpu' or 'cuda'), best first, that this onnxruntime has."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    return [name for name in wanted if name in available] or ["CPUExecutionProvider"]
+
+
+def create_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None) -> Any:
+    """An InferenceSession for an .onnx file (or its bytes), fully optimised, sequential,
+    with `threads` intra-op threads (default: smvision.threads.threads_per_worker())."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or threads_per_worker()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=providers(device))
