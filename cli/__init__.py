@@ -2,6 +2,7 @@
 
     smvision archive build efficientdet --compound-coef N [--weights F] [--classes F] --output model.tar.gz
     smvision serve --model-dir DIR [--port N] [--workers K]
+    smvision archive push | deploy create/delete/list | invoke | transform | bench (cli/deploy.py)
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default $SAGEMAKER_BIND_TO_PORT or 8080)")
     serve.add_argument("--workers", type=int, help="worker processes (default $SAGEMAKER_MODEL_SERVER_WORKERS or 1)")
     serve.set_defaults(run=_serve)
+
+    # archive push, deploy, invoke, transform, bench: the tools that take archives to SageMaker
+    from smvision.cli.deploy import add_commands as add_deploy_commands
+
+    add_deploy_commands(commands, archive_commands)
     return top
 
 

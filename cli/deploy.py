@@ -1,0 +1,176 @@
+"""CLI wiring for the tools that take archives to SageMaker (archive push, deploy, invoke,
+transform, bench). Only argument parsing and printing live here; smvision.deploy and
+smvision.archive.push do the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+ArgHandler = Callable[[argparse.Namespace], int]
+
+
+def _fails_cleanly(handler: ArgHandler) -> ArgHandler:
+    """Print AWS and tool errors as one line on stderr and exit 1 (no traceback)."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from smvision.archive.push import PushError
+        from smvision.deploy.aws import AwsError
+
+        try:
+            return handler(args)
+        except (AwsError, PushError) as exc:
+            print(f"smvision: error: {exc}", file=sys.stderr)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            print(f"smvision: error: {exc.operation_name}: {error.get('Code')}: {error.get('Message')}", file=sys.stderr)
+        except BotoCoreError as exc:
+            print(f"smvision: error: {exc}", file=sys.stderr)
+        return 1
+
+    return run
+
+
+def _key_values(pairs: list[str] | None) -> dict[str, str]:
+    values = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env takes KEY=VALUE, got {pair!r}")
+        values[key] = value
+    return values
+
+
+# ---- archive push -------------------------------------------------------------------
+
+
+@_fails_cleanly
+def _push(args: argparse.Namespace) -> int:
+    from smvision.archive.push import push_archive
+
+    result = push_archive(args.archive, args.bucket, args.prefix, args.env, show_progress=not args.no_progress)
+    print(f"manifest sha256 {result.manifest_sha256} ({result.kind}, {result.size} bytes)", file=sys.stderr)
+    print(result.uri)
+    return 0
+
+
+# ---- deploy -------------------------------------------------------------------------
+
+
+@_fails_cleanly
+def _deploy_create(args: argparse.Namespace) -> int:
+    from smvision.deploy import aws, endpoints
+    from smvision.deploy.autoscaling import Scaling
+
+    spec = endpoints.EndpointSpec(
+        name=args.name,
+        model_data=args.model_data,
+        role=args.role,
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        image=args.image,
+        environment=_key_values(args.env),
+        autoscale=Scaling.parse(args.autoscale, args.target_invocations) if args.autoscale else None,
+        async_output=args.async_output,
+        async_failure=args.async_failure,
+        async_max_concurrent=args.async_max_concurrent,
+        serverless_memory_mb=args.serverless,
+        serverless_max_concurrency=args.serverless_max_concurrency,
+        startup_timeout_s=args.startup_timeout,
+    )
+    spec.validate()
+    region = args.region or aws.region_name()
+    description = endpoints.create_or_update(
+        aws.client("sagemaker", region),
+        aws.client("application-autoscaling", region),
+        spec,
+        region,
+        wait=not args.no_wait,
+        timeout_s=args.timeout,
+        poll_s=args.poll,
+    )
+    print(f"{description.get('EndpointName', spec.name)} {description.get('EndpointStatus', '')} "
+          f"{description.get('EndpointConfigName', '')}".rstrip())
+    return 0
+
+
+@_fails_cleanly
+def _deploy_delete(args: argparse.Namespace) -> int:
+    from smvision.deploy import aws, endpoints
+
+    region = args.region or aws.region_name()
+    for line in endpoints.delete(aws.client("sagemaker", region), aws.client("application-autoscaling", region), args.name):
+        print(f"deleted {line}")
+    return 0
+
+
+@_fails_cleanly
+def _deploy_list(args: argparse.Namespace) -> int:
+    from smvision.deploy import aws, endpoints
+
+    rows = endpoints.list_endpoints(aws.client("sagemaker", args.region or aws.region_name()))
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    for row in rows:
+        created = row["created"].strftime("%Y-%m-%d %H:%M") if hasattr(row["created"], "strftime") else ""
+        line = f"{row['name']:<32} {row['status']:<14} {row['shape']:<24} {created:<16} {row['config']}"
+        print(line + (f"  ({row['failure_reason']})" if row.get("failure_reason") else ""))
+    return 0
+
+
+def _region_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
+
+
+def add_commands(commands: Any, archive_commands: Any) -> None:
+    """Add archive push, deploy, invoke, transform and bench to the smvision parser."""
+    push = archive_commands.add_parser("push", help="upload model.tar.gz to s3://B/P/<env>/<UTC timestamp>/")
+    push.add_argument("archive", help="model.tar.gz from `smvision archive build`")
+    push.add_argument("--bucket", required=True)
+    push.add_argument("--prefix", default="", help="key prefix (e.g. efficientdet-d0)")
+    push.add_argument("--env", required=True, choices=("dev", "staging", "prod"))
+    push.add_argument("--no-progress", action="store_true", help="no progress bar")
+    push.set_defaults(run=_push)
+
+    deploy = commands.add_parser("deploy", help="SageMaker endpoints: create (or update), delete, list")
+    deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True)
+    create = deploy_commands.add_parser("create", help="create an endpoint, or update it in place when it exists")
+    create.add_argument("--name", required=True, help="endpoint name")
+    create.add_argument("--model-data", required=True, help="s3:// URI of model.tar.gz (`smvision archive push`)")
+    create.add_argument("--role", required=True, help="SageMaker execution role ARN")
+    create.add_argument("--instance-type", help="e.g. ml.c5.xlarge (CPU image) or ml.g4dn.xlarge (GPU image)")
+    create.add_argument("--instance-count", type=int, default=1)
+    create.add_argument("--image", help="container image URI (default: AWS PyTorch 2.6 inference image)")
+    create.add_argument("--env", nargs="+", action="extend", metavar="K=V", help="container environment, e.g. EFFICIENTDET_COMPOUND_COEF=0")
+    create.add_argument("--autoscale", metavar="MIN:MAX", help="target tracking on invocations per instance")
+    create.add_argument("--target-invocations", type=float, default=100.0,
+                        help="invocations per instance per minute autoscaling holds (default 100)")
+    create.add_argument("--async-output", metavar="S3_URI", help="an async endpoint writing results here")
+    create.add_argument("--async-failure", metavar="S3_URI", help="where async errors go (default: with the output)")
+    create.add_argument("--async-max-concurrent", type=int, help="concurrent async invocations per instance")
+    create.add_argument("--serverless", type=int, metavar="MEMORY_MB", help="a serverless endpoint (1024-6144 MB)")
+    create.add_argument("--serverless-max-concurrency", type=int, default=5)
+    create.add_argument("--startup-timeout", type=int, default=600, help="container startup health check timeout, s")
+    create.add_argument("--timeout", type=float, default=1800, help="how long to wait for InService, s")
+    create.add_argument("--poll", type=float, default=15, help=argparse.SUPPRESS)
+    create.add_argument("--no-wait", action="store_true", help="return once SageMaker accepted the request")
+    _region_option(create)
+    create.set_defaults(run=_deploy_create)
+
+    delete = deploy_commands.add_parser("delete", help="remove endpoint, config(s), model(s) and autoscaling")
+    delete.add_argument("--name", required=True)
+    _region_option(delete)
+    delete.set_defaults(run=_deploy_delete)
+
+    listing = deploy_commands.add_parser("list", help="the region's endpoints")
+    listing.add_argument("--json", action="store_true")
+    _region_option(listing)
+    listing.set_defaults(run=_deploy_list)
