@@ -38,12 +38,12 @@ def _fails_cleanly(handler: ArgHandler) -> ArgHandler:
     return run
 
 
-def _key_values(pairs: list[str] | None) -> dict[str, str]:
+def _key_values(pairs: list[str] | None, option: str = "--env") -> dict[str, str]:
     values = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--env takes KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{option} takes KEY=VALUE, got {pair!r}")
         values[key] = value
     return values
 
@@ -126,6 +126,73 @@ def _deploy_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- invoke -------------------------------------------------------------------------
+
+GUESSED_TYPES = {".csv": "text/csv", ".json": "application/json", ".jsonl": "application/jsonlines",
+                 ".jsonlines": "application/jsonlines", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                 ".png": "image/png", ".tif": "image/tiff", ".tiff": "image/tiff"}
+
+
+def _request_body(args: argparse.Namespace) -> tuple[bytes, str]:
+    """The body and its content type from --s3, a file, or stdin."""
+    from pathlib import Path
+
+    from smvision.deploy.invoke import body_for_images
+
+    if args.s3:
+        if args.body:
+            raise ValueError("give either a body (file or -) or --s3 images, not both")
+        content_type = args.content_type or "text/csv"
+        return body_for_images(args.s3, content_type, _params(args.param)), content_type
+    if args.body in (None, "-"):
+        if sys.stdin.isatty():
+            raise ValueError("no body: give a file, - for stdin (piped), or --s3 bucket/key ...")
+        body = sys.stdin.buffer.read()
+        content_type = args.content_type
+    else:
+        path = Path(args.body)
+        body = path.read_bytes()
+        content_type = args.content_type or GUESSED_TYPES.get(path.suffix.lower())
+    if not content_type:
+        raise ValueError("--content-type is needed (it cannot be guessed from the body's file name)")
+    return body, content_type
+
+
+def _params(pairs: list[str] | None) -> dict[str, Any]:
+    """--param name=value, values parsed as JSON when they are (0.3 -> 0.3, true -> True)."""
+    params: dict[str, Any] = {}
+    for name, value in _key_values(pairs, "--param").items():
+        try:
+            params[name] = json.loads(value)
+        except ValueError:
+            params[name] = value
+    return params
+
+
+@_fails_cleanly
+def _invoke(args: argparse.Namespace) -> int:
+    from smvision.deploy import aws, invoke
+
+    body, content_type = _request_body(args)
+    region = args.region or aws.region_name()
+    runtime = aws.client("sagemaker-runtime", region)
+    if args.use_async:
+        s3 = aws.client("s3", region)
+        prefix = args.async_input or invoke.async_input_prefix(aws.client("sagemaker", region), args.name)
+        uri, payload = invoke.invoke_async(runtime, s3, args.name, body, content_type, prefix, accept=args.accept,
+                                           timeout_s=args.timeout, poll_s=args.poll)
+        print(f"async result {uri}", file=sys.stderr)
+    else:
+        payload = invoke.invoke(runtime, args.name, body, content_type, accept=args.accept).body
+    if args.output:
+        with open(args.output, "wb") as handle:
+            handle.write(payload)
+    else:
+        sys.stdout.buffer.write(payload if payload.endswith(b"\n") else payload + b"\n")
+        sys.stdout.flush()
+    return 0
+
+
 def _region_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
 
@@ -174,3 +241,19 @@ def add_commands(commands: Any, archive_commands: Any) -> None:
     listing.add_argument("--json", action="store_true")
     _region_option(listing)
     listing.set_defaults(run=_deploy_list)
+
+    invoke = commands.add_parser("invoke", help="call an endpoint (real-time, or --async through S3)")
+    invoke.add_argument("--name", required=True, help="endpoint name")
+    invoke.add_argument("body", nargs="?", help="request body file, or - for stdin")
+    invoke.add_argument("--s3", nargs="+", metavar="BUCKET/KEY", help="images in S3, one record each")
+    invoke.add_argument("--param", nargs="+", action="extend", metavar="K=V",
+                        help="per-record parameters with --s3 (JSON bodies), e.g. pred_threshold=0.3")
+    invoke.add_argument("--content-type", help="default: text/csv with --s3, else from the file name")
+    invoke.add_argument("--accept", help="e.g. application/json (default) or application/jsonlines")
+    invoke.add_argument("--async", dest="use_async", action="store_true", help="InvokeEndpointAsync and wait")
+    invoke.add_argument("--async-input", metavar="S3_URI", help="where to upload the input (default: <async output>-input/)")
+    invoke.add_argument("--timeout", type=float, default=3600, help="how long to wait for an async result, s")
+    invoke.add_argument("--poll", type=float, default=5, help=argparse.SUPPRESS)
+    invoke.add_argument("--output", help="write the answer here instead of stdout")
+    _region_option(invoke)
+    invoke.set_defaults(run=_invoke)
