@@ -23,10 +23,11 @@ def _fails_cleanly(handler: ArgHandler) -> ArgHandler:
 
         from smvision.archive.push import PushError
         from smvision.deploy.aws import AwsError
+        from smvision.deploy.local_server import ServerError
 
         try:
             return handler(args)
-        except (AwsError, PushError) as exc:
+        except (AwsError, PushError, ServerError) as exc:
             print(f"smvision: error: {exc}", file=sys.stderr)
         except ClientError as exc:
             error = exc.response.get("Error", {})
@@ -193,6 +194,78 @@ def _invoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- transform ----------------------------------------------------------------------
+
+
+def _transform_options(args: argparse.Namespace) -> Any:
+    from smvision.deploy.local_transform import TransformOptions
+
+    return TransformOptions(
+        content_type=args.content_type,
+        accept=args.accept,
+        split_type=args.split_type,
+        batch_strategy=args.batch_strategy,
+        max_payload_mb=args.max_payload_mb,
+        max_concurrent_transforms=args.max_concurrent_transforms,
+        assemble_with=args.assemble_with,
+    )
+
+
+@_fails_cleanly
+def _transform(args: argparse.Namespace) -> int:
+    if args.local:
+        return _transform_local(args)
+    from smvision.deploy import aws, transform
+
+    if not args.model_name:
+        raise ValueError("--model-name is required (or --local --model-dir DIR)")
+    region = args.region or aws.region_name()
+    sm = aws.client("sagemaker", region)
+    spec = transform.JobSpec(args.model_name, args.input, args.output, _transform_options(args),
+                             instance_type=args.instance_type, instance_count=args.instance_count,
+                             job_name=args.job_name, environment=_key_values(args.env))
+    name = transform.create_job(sm, spec)
+    print(f"transform job {name} created", file=sys.stderr)
+    if args.no_wait:
+        print(name)
+        return 0
+    transform.wait_for_job(sm, name, timeout_s=args.timeout, poll_s=args.poll)
+    outputs = transform.list_outputs(aws.client("s3", region), args.output)
+    for uri in outputs:
+        print(uri)
+    if not outputs:
+        print(f"transform job {name} completed and wrote no .out objects under {args.output}", file=sys.stderr)
+    return 0
+
+
+def _transform_local(args: argparse.Namespace) -> int:
+    from smvision.deploy.local_transform import run_local_transform, transform_with_local_server
+
+    options = _transform_options(args)
+    if args.env:
+        raise ValueError("--env applies to SageMaker jobs; set the variables in this shell for --local")
+    if bool(args.model_dir) == bool(args.server_url):
+        raise ValueError("--local needs --model-dir DIR (an extracted archive) or --server-url URL, one of them")
+    if args.server_url:
+        report = run_local_transform(args.server_url.rstrip("/"), args.input, args.output, options,
+                                     show_progress=not args.no_progress)
+    else:
+        report = transform_with_local_server(args.model_dir, args.input, args.output, options,
+                                             show_progress=not args.no_progress)
+    for uri in report.outputs:
+        print(uri)
+    settings = report.settings
+    print(f"{report.inputs} input(s), {report.records} record(s), {report.requests} request(s) "
+          f"({settings.batch_strategy}, MaxPayloadInMB {settings.max_payload_mb:g}, "
+          f"MaxConcurrentTransforms {settings.max_concurrent})", file=sys.stderr)
+    for failure in report.failures:
+        print(f"smvision: error: {failure}", file=sys.stderr)
+    if report.failures:
+        print(f"smvision: error: {len(report.failures)} input(s) failed: no .out for them", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _region_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
 
@@ -257,3 +330,29 @@ def add_commands(commands: Any, archive_commands: Any) -> None:
     invoke.add_argument("--output", help="write the answer here instead of stdout")
     _region_option(invoke)
     invoke.set_defaults(run=_invoke)
+
+    transform = commands.add_parser("transform", help="batch transform: a SageMaker job, or --local with its semantics")
+    transform.add_argument("--input", required=True, metavar="S3_PREFIX", help="every object under it is an input")
+    transform.add_argument("--output", required=True, metavar="S3_PREFIX", help="<input name>.out per input")
+    transform.add_argument("--model-name", help="SageMaker model (from `deploy create`: <endpoint>-<stamp>)")
+    transform.add_argument("--local", action="store_true", help="run here against `smvision serve`")
+    transform.add_argument("--model-dir", help="with --local: the extracted archive to serve")
+    transform.add_argument("--server-url", help="with --local: a server already running (e.g. http://127.0.0.1:8080)")
+    transform.add_argument("--content-type", help="ContentType of the inputs, e.g. text/csv, application/jsonlines")
+    transform.add_argument("--accept", help="Accept, e.g. application/jsonlines (one line per record)")
+    transform.add_argument("--split-type", choices=("None", "Line"), default="None")
+    transform.add_argument("--batch-strategy", choices=("SingleRecord", "MultiRecord"),
+                           help="default: what the container's /execution-parameters says")
+    transform.add_argument("--max-payload-mb", type=float, help="MaxPayloadInMB (0-100; 0 = no limit; default 6)")
+    transform.add_argument("--max-concurrent-transforms", type=int, help="requests in flight (default: the container's)")
+    transform.add_argument("--assemble-with", choices=("None", "Line"), default="None")
+    transform.add_argument("--instance-type", default="ml.c5.xlarge", help="SageMaker job instance type")
+    transform.add_argument("--instance-count", type=int, default=1)
+    transform.add_argument("--job-name", help="default: <model name>-<UTC stamp>")
+    transform.add_argument("--env", nargs="+", action="extend", metavar="K=V", help="job container environment")
+    transform.add_argument("--no-progress", action="store_true")
+    transform.add_argument("--no-wait", action="store_true", help="print the job name once created")
+    transform.add_argument("--timeout", type=float, default=86400, help="how long to wait for the job, s")
+    transform.add_argument("--poll", type=float, default=30, help=argparse.SUPPRESS)
+    _region_option(transform)
+    transform.set_defaults(run=_transform)

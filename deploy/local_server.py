@@ -1,0 +1,92 @@
+"""`smvision serve` as a child process on 127.0.0.1, for local batch transform and bench."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import urllib3
+
+SERVE = "import sys; from smvision.cli import main; sys.exit(main())"
+
+
+class ServerError(RuntimeError):
+    """The local server did not become ready; the message carries its log's tail."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalServer:
+    """Start `smvision serve --model-dir DIR` with extra environment; stop it on exit.
+
+    Use as a context manager; .url is http://127.0.0.1:PORT once /ping answers 200.
+    """
+
+    def __init__(self, model_dir: str | Path, env: dict[str, str] | None = None, ready_timeout_s: float = 300) -> None:
+        self.model_dir = Path(model_dir)
+        self.env = dict(env or {})
+        self.ready_timeout_s = ready_timeout_s
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="smvision-serve-", suffix=".log", delete=False)
+
+    def __enter__(self) -> "LocalServer":
+        if not self.model_dir.is_dir():
+            raise ServerError(f"--model-dir {self.model_dir} is not a directory (extract model.tar.gz there)")
+        env = {**os.environ, "SMVISION_BIND_HOST": "127.0.0.1", **self.env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SERVE, "serve", "--model-dir", str(self.model_dir), "--port", str(self.port)],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait_ready(self) -> None:
+        http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=1, read=3))
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise ServerError(f"smvision serve exited with {self.process.returncode if self.process else '?'}:\n{self.log_tail()}")
+            try:
+                if http.request("GET", self.url + "/ping").status == 200:
+                    return
+            except urllib3.exceptions.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise ServerError(f"smvision serve not ready after {self.ready_timeout_s:g} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        self._log.flush()
+        text = Path(self._log.name).read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM (the server finishes in-flight requests), SIGKILL if it lingers."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if not self._log.closed:
+            self._log.close()
+            Path(self._log.name).unlink(missing_ok=True)

@@ -1,0 +1,149 @@
+"""`smvision transform --local`: SageMaker batch transform semantics against one D0 server.
+
+One server for the whole module (started by the product's LocalServer, as `--local
+--model-dir` does), with the batch variables SageMaker sets; each case reads a
+different input prefix of real photos in moto S3.
+"""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+import urllib3
+
+from conftest import BUCKET
+from smvision.cli import main
+from smvision.deploy.local_server import LocalServer
+from smvision.deploy.local_transform import TransformOptions, run_local_transform
+
+DATA = "smvision-batch"
+LOW = {"pred_threshold": 0.005}  # random weights score about 0.01: this lets boxes through
+
+
+def jsonl(*records: dict) -> bytes:
+    return "".join(json.dumps(record) + "\n" for record in records).encode()
+
+
+INPUTS = {
+    # CSV: a.csv (3 lines), b.csv (2 lines, a blank line, CRLF), empty.csv
+    "csv/a.csv": f"{BUCKET}/rocket.jpg\n{BUCKET}/astronaut.png\ns3://{BUCKET}/coffee.png\n".encode(),
+    "csv/b.csv": f"{BUCKET}/chelsea.png\r\n\r\n{BUCKET}/rocket.jpg".encode(),
+    "csv/empty.csv": b"",
+    # JSON lines with parameters; bad.jsonl's second record has an impossible threshold
+    "jsonl/bad.jsonl": jsonl({"bucket": BUCKET, "key": "coffee.png", **LOW},
+                             {"bucket": BUCKET, "key": "rocket.jpg", "pred_threshold": 10},
+                             {"bucket": BUCKET, "key": "chelsea.png", **LOW}),
+    "jsonl/good.jsonl": jsonl({"bucket": BUCKET, "key": "rocket.jpg", **LOW}, {"bucket": BUCKET, "key": "chelsea.png", **LOW}),
+    # whole objects (SplitType None)
+    "json/one.json": json.dumps({"bucket": BUCKET, "key": "astronaut.png", **LOW}).encode(),
+    "json/two.json": json.dumps([{"bucket": BUCKET, "key": "chelsea.png"}, {"bucket": BUCKET, "key": "coffee.png"}]).encode(),
+}
+
+
+@pytest.fixture(scope="module")
+def s3(photos):
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=DATA)
+    for key, data in INPUTS.items():
+        client.put_object(Bucket=DATA, Key=key, Body=data)
+    return client
+
+
+@pytest.fixture(scope="module")
+def server(d0_model_dir, s3):
+    options = TransformOptions(batch_strategy="MultiRecord", max_concurrent_transforms=2, max_payload_mb=6)
+    with LocalServer(d0_model_dir, env=options.server_env(), ready_timeout_s=180) as running:
+        yield running.url
+
+
+def read(s3, uri: str) -> bytes:
+    bucket, _, key = uri[5:].partition("/")
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def keys(s3, prefix: str) -> list[str]:
+    return [item["Key"] for item in s3.list_objects_v2(Bucket=DATA, Prefix=prefix).get("Contents", [])]
+
+
+def test_server_runs_as_a_batch_transform_container(server):
+    answer = urllib3.request("GET", server + "/execution-parameters")
+    assert json.loads(answer.data) == {"MaxConcurrentTransforms": 2, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
+
+
+def test_csv_multirecord_mini_batches_by_payload_in_input_order(server, s3):
+    # 64 bytes hold two of these lines (27-31 bytes each) but not three
+    options = TransformOptions(content_type="text/csv", accept="application/jsonlines", split_type="Line",
+                               batch_strategy="MultiRecord", max_payload_mb=64 / 2**20, assemble_with="Line")
+    report = run_local_transform(server, f"s3://{DATA}/csv/", f"s3://{DATA}/out/csv-multi", options, s3=s3,
+                                 show_progress=False)
+
+    assert report.failures == []
+    assert report.outputs == [f"s3://{DATA}/out/csv-multi/{name}.out" for name in ("a.csv", "b.csv", "empty.csv")]
+    assert (report.inputs, report.records, report.requests) == (3, 5, 3)  # a.csv: 2 + 1 lines, b.csv: 2
+    assert 1 <= report.max_in_flight <= 2
+    a = [json.loads(line) for line in read(s3, report.outputs[0]).decode().splitlines()]
+    assert [r["source"] for r in a] == [f"s3://{BUCKET}/{n}" for n in ("rocket.jpg", "astronaut.png", "coffee.png")]
+    b = [json.loads(line) for line in read(s3, report.outputs[1]).decode().splitlines()]
+    assert [r["image_size"] for r in b] == [[451, 300], [640, 427]]
+    assert read(s3, report.outputs[2]) == b""
+
+
+def test_jsonlines_single_record_fails_only_the_file_with_the_bad_record(server, s3):
+    options = TransformOptions(content_type="application/jsonlines", accept="application/jsonlines",
+                               split_type="Line", batch_strategy="SingleRecord", assemble_with="Line")
+    report = run_local_transform(server, f"s3://{DATA}/jsonl/", f"s3://{DATA}/out/jsonl-single/", options, s3=s3,
+                                 show_progress=False)
+
+    assert report.outputs == [f"s3://{DATA}/out/jsonl-single/good.jsonl.out"]
+    assert keys(s3, "out/jsonl-single/") == ["out/jsonl-single/good.jsonl.out"]  # no .out for bad.jsonl
+    good = [json.loads(line) for line in read(s3, report.outputs[0]).decode().splitlines()]
+    assert [r["source"] for r in good] == [f"s3://{BUCKET}/rocket.jpg", f"s3://{BUCKET}/chelsea.png"]
+    assert all(r["detections"] for r in good)
+    (failure,) = report.failures
+    assert (failure.input_uri, failure.record, failure.line, failure.status) == (f"s3://{DATA}/jsonl/bad.jsonl", 2, 2, 400)
+    assert "pred_threshold" in failure.message
+
+
+def test_cli_multirecord_names_the_failed_file_and_record(server, s3, capsys):
+    # no --batch-strategy: the container's /execution-parameters says MultiRecord
+    code = main(["transform", "--local", "--server-url", server, "--input", f"s3://{DATA}/jsonl/",
+                 "--output", f"s3://{DATA}/out/jsonl-cli", "--content-type", "application/jsonlines",
+                 "--accept", "application/jsonlines", "--split-type", "Line", "--assemble-with", "Line"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out.split() == [f"s3://{DATA}/out/jsonl-cli/good.jsonl.out"]
+    assert f"smvision: error: s3://{DATA}/jsonl/bad.jsonl: record 2 (line 2): 400:" in captured.err
+    assert "MultiRecord, MaxPayloadInMB 6, MaxConcurrentTransforms 2" in captured.err
+    assert keys(s3, "out/jsonl-cli/") == ["out/jsonl-cli/good.jsonl.out"]
+    assert len(read(s3, captured.out.split()[0]).splitlines()) == 2
+
+
+def test_split_none_sends_whole_objects(server, s3):
+    options = TransformOptions(content_type="application/json", split_type="None")
+    report = run_local_transform(server, f"s3://{DATA}/json/", f"s3://{DATA}/out/json", options, s3=s3,
+                                 show_progress=False)
+    assert report.failures == [] and report.requests == 2
+    one, two = (json.loads(read(s3, uri)) for uri in report.outputs)
+    assert one["source"] == f"s3://{BUCKET}/astronaut.png" and one["detections"]
+    assert [r["source"] for r in two] == [f"s3://{BUCKET}/chelsea.png", f"s3://{BUCKET}/coffee.png"]
+
+
+def test_a_record_over_max_payload_fails_its_file_without_a_request(server, s3, capsys):
+    code = main(["transform", "--local", "--server-url", server, "--input", f"s3://{DATA}/csv/a.csv",
+                 "--output", f"s3://{DATA}/out/too-big", "--content-type", "text/csv", "--split-type", "Line",
+                 "--batch-strategy", "SingleRecord", "--max-payload-mb", str(20 / 2**20)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"s3://{DATA}/csv/a.csv: record 1 (line 1): 26 bytes, over MaxPayloadInMB (20 bytes)" in err
+    assert "0 request(s)" in err
+    assert keys(s3, "out/too-big") == []
+
+
+def test_bad_options_are_usage_errors(server, capsys):
+    assert main(["transform", "--local", "--server-url", server, "--input", f"s3://{DATA}/csv/", "--output",
+                 f"s3://{DATA}/out/x", "--max-concurrent-transforms", "30", "--max-payload-mb", "6"]) == 2
+    assert "at most 100 MB" in capsys.readouterr().err
+    assert main(["transform", "--local", "--input", f"s3://{DATA}/csv/", "--output", f"s3://{DATA}/out/x"]) == 2
+    assert "--model-dir DIR" in capsys.readouterr().err
