@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,14 +22,10 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "demo"))
 from local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process  # noqa: E402
+from smvision.deploy.stats import percentile  # noqa: E402
 
 BUCKET = "bench"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def bodies(pred_threshold: float) -> list[bytes]:
@@ -126,7 +121,7 @@ def main() -> None:
             stop_process(server)
             log.close()
 
-    p50_local, p50_http = statistics.median(local), statistics.median(http_one)
+    p50_local, p50_http = percentile(local, 0.5), percentile(http_one, 0.5)
     print(f"EfficientDet D0, random weights, pred_threshold {args.pred_threshold}, {args.requests} requests, "
           f"photos {', '.join(PHOTOS)}")
     print(f"{'path':<28}{'p50 ms':>10}{'p95 ms':>10}")

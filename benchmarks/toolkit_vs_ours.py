@@ -41,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 import toolkit_harness as h  # noqa: E402
+from smvision.deploy.stats import percentile  # noqa: E402
 
 
 class MemorySampler:
@@ -75,13 +76,6 @@ class MemorySampler:
     def close(self) -> None:
         self._done.set()
         self._thread.join(5)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 class Measured:

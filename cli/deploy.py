@@ -266,6 +266,38 @@ def _transform_local(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- bench --------------------------------------------------------------------------
+
+
+@_fails_cleanly
+def _bench(args: argparse.Namespace) -> int:
+    from smvision.deploy import aws, bench
+    from smvision.deploy.invoke import body_for_images
+
+    if bool(args.url) == bool(args.name):
+        raise ValueError("give --url (a local server) or --name (an endpoint), one of them")
+    if args.s3:
+        if args.body:
+            raise ValueError("give either a body file or --s3 images, not both")
+        content_type = args.content_type or "text/csv"
+        per = max(1, args.records_per_request)
+        refs = args.s3
+        groups = [[refs[(start + i) % len(refs)] for i in range(per)] for start in range(0, len(refs), per)]
+        bodies = [body_for_images(group, content_type, _params(args.param)) for group in groups]
+    else:
+        body, content_type = _request_body(args)
+        bodies = [body]
+    images = [bench.count_records(body, content_type) for body in bodies]
+    if args.url:
+        send, target = bench.http_sender(args.url, content_type, args.accept), args.url
+    else:
+        runtime = aws.client("sagemaker-runtime", args.region or aws.region_name())
+        send, target = bench.endpoint_sender(runtime, args.name, content_type, args.accept), f"endpoint {args.name}"
+    result = bench.run_bench(send, bodies, images, args.requests, args.concurrency, warmup=args.warmup)
+    print(json.dumps(result.summary(), indent=2) if args.json else bench.format_result(result, target))
+    return 0
+
+
 def _region_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
 
@@ -356,3 +388,19 @@ def add_commands(commands: Any, archive_commands: Any) -> None:
     transform.add_argument("--poll", type=float, default=30, help=argparse.SUPPRESS)
     _region_option(transform)
     transform.set_defaults(run=_transform)
+
+    bench = commands.add_parser("bench", help="N requests at concurrency C: latency percentiles, images/s, errors")
+    bench.add_argument("--url", help="a server, e.g. http://127.0.0.1:8080 (POST /invocations)")
+    bench.add_argument("--name", help="an endpoint name (InvokeEndpoint)")
+    bench.add_argument("body", nargs="?", help="request body file, or - for stdin")
+    bench.add_argument("--s3", nargs="+", metavar="BUCKET/KEY", help="images in S3, cycled through the requests")
+    bench.add_argument("--records-per-request", type=int, default=1, help="with --s3: images per request")
+    bench.add_argument("--param", nargs="+", action="extend", metavar="K=V", help="per-record parameters (JSON bodies)")
+    bench.add_argument("--content-type", help="default: text/csv with --s3, else from the file name")
+    bench.add_argument("--accept")
+    bench.add_argument("-n", "--requests", type=int, default=20)
+    bench.add_argument("-c", "--concurrency", type=int, default=1)
+    bench.add_argument("--warmup", type=int, default=1, help="requests sent first and not counted")
+    bench.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    _region_option(bench)
+    bench.set_defaults(run=_bench)
