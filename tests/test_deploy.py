@@ -8,15 +8,12 @@ container); endpoints are InService at once there.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import boto3
 import pytest
 import requests
 
-from support import free_port, stop, wait_for
+import moto_sagemaker
 from smvision.cli import main
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -30,24 +27,8 @@ DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 @pytest.fixture(scope="module")
 def aws(tmp_path_factory):
     """moto (with UpdateEndpoint) for SageMaker, autoscaling, the runtime and S3 of this module."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto-sm") / "moto.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("moto_sagemaker.py")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: requests.get(url + "/moto-api/", timeout=2).ok, 30, "moto server", server)
-        with pytest.MonkeyPatch.context() as env:
-            for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ENDPOINT_URL_S3": url, "AWS_ACCESS_KEY_ID": "testing",
-                                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-                env.setenv(name, value)
-            env.delenv("AWS_REGION", raising=False)
-            yield url
-    finally:
-        stop(server)
-        log.close()
+    with moto_sagemaker.running(tmp_path_factory.mktemp("moto-sm") / "moto.log") as url:
+        yield url
 
 
 @pytest.fixture
