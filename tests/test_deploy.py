@@ -217,3 +217,17 @@ def test_async_invoke_of_a_real_time_endpoint_is_refused(capsys):
     capsys.readouterr()
     assert main(["invoke", "--name", "d0-sync-only", "--async", "--s3", "photos/a.jpg"]) == 1
     assert "not an async endpoint" in capsys.readouterr().err
+
+
+def test_image_lookup_by_region_and_instance_type():
+    from smvision.deploy.images import pytorch_inference_image
+
+    assert pytorch_inference_image("eu-west-1", "ml.p3.2xlarge") == \
+        "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-inference:2.6.0-gpu-py312"
+    assert pytorch_inference_image("cn-north-1", "ml.c5.xlarge") == \
+        "727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/pytorch-inference:2.6.0-cpu-py312"
+    assert pytorch_inference_image("af-south-1", None).startswith("626614931356.dkr.ecr.af-south-1.")  # serverless
+    with pytest.raises(ValueError, match="Neuron"):
+        pytorch_inference_image("us-east-1", "ml.inf2.xlarge")
+    with pytest.raises(ValueError, match="no AWS PyTorch 2.6 inference image"):
+        pytorch_inference_image("xx-nowhere-1", "ml.c5.xlarge")

@@ -147,3 +147,20 @@ def test_bad_options_are_usage_errors(server, capsys):
     assert "at most 100 MB" in capsys.readouterr().err
     assert main(["transform", "--local", "--input", f"s3://{DATA}/csv/", "--output", f"s3://{DATA}/out/x"]) == 2
     assert "--model-dir DIR" in capsys.readouterr().err
+
+
+def test_split_and_assemble_rules():
+    from smvision.deploy import batching
+
+    records = batching.split_records(b"a\r\nbb\n\n  \nccc", "Line")
+    assert [(r.number, r.line, r.data) for r in records] == [(1, 1, b"a"), (2, 2, b"bb"), (3, 5, b"ccc")]
+    assert [b.body for b in batching.mini_batches(records, "Line", "MultiRecord", None)] == [b"a\nbb\nccc\n"]  # 0 MB: no limit
+    assert [b.body for b in batching.mini_batches(records, "Line", "MultiRecord", 5)] == [b"a\nbb\n", b"ccc\n"]
+    assert [b.body for b in batching.mini_batches(records, "Line", "SingleRecord", 5)] == [b"a", b"bb", b"ccc"]
+    whole = batching.split_records(b"x" * 10, "None")
+    with pytest.raises(batching.PayloadTooLarge, match="record 1 is 10 bytes"):
+        batching.mini_batches(whole, "None", "MultiRecord", 9)
+    assert batching.split_records(b"", "None") == [] and batching.split_records(b"\n\n", "Line") == []
+    assert batching.assemble([b"[1]", b"2\n"], "Line") == b"[1]\n2\n"
+    assert batching.assemble([b"[1]", b"2\n"], "None") == b"[1]2\n"
+    assert batching.payload_limit(0) is None and batching.payload_limit(6) == 6 * 2**20
