@@ -321,7 +321,8 @@ def add_commands(commands: Any, archive_commands: Any) -> None:
     create.add_argument("--instance-type", help="e.g. ml.c5.xlarge (CPU image) or ml.g4dn.xlarge (GPU image)")
     create.add_argument("--instance-count", type=int, default=1)
     create.add_argument("--image", help="container image URI (default: AWS PyTorch 2.6 inference image)")
-    create.add_argument("--env", nargs="+", action="extend", metavar="K=V", help="container environment, e.g. EFFICIENTDET_COMPOUND_COEF=0")
+    create.add_argument("--env", nargs="+", action="extend", metavar="K=V",
+                        help="container environment, e.g. EFFICIENTDET_COMPOUND_COEF=0")
     create.add_argument("--autoscale", metavar="MIN:MAX", help="target tracking on invocations per instance")
     create.add_argument("--target-invocations", type=float, default=100.0,
                         help="invocations per instance per minute autoscaling holds (default 100)")

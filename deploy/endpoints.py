@@ -297,7 +297,8 @@ def delete(sm: Any, scaling_client: Any, name: str) -> list[str]:
         models += _models_of(sm, existing["EndpointConfigName"])
         if _delete_quietly(sm.delete_endpoint, EndpointName=name):
             deleted.append(f"endpoint {name}")
-    configs += [c for c in _names(sm.get_paginator("list_endpoint_configs"), "EndpointConfigs", "EndpointConfigName", name) if c not in configs]
+    listed = _names(sm.get_paginator("list_endpoint_configs"), "EndpointConfigs", "EndpointConfigName", name)
+    configs += [config for config in listed if config not in configs]
     for config in configs:
         models += [m for m in _models_of(sm, config) if m not in models]
     models += [m for m in _names(sm.get_paginator("list_models"), "Models", "ModelName", name) if m not in models]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -24,6 +25,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _error_text(data: bytes) -> str:
+    try:
+        return str(json.loads(data)["error"])
+    except (ValueError, KeyError, TypeError):
+        return data.decode("utf-8", "replace")
 
 
 class LocalServer:
@@ -64,12 +72,16 @@ class LocalServer:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
-                raise ServerError(f"smvision serve exited with {self.process.returncode if self.process else '?'}:\n{self.log_tail()}")
+                code = self.process.returncode if self.process else "?"
+                raise ServerError(f"smvision serve exited with {code}:\n{self.log_tail()}")
             try:
-                if http.request("GET", self.url + "/ping").status == 200:
-                    return
+                answer = http.request("GET", self.url + "/ping")
             except urllib3.exceptions.HTTPError:
-                pass
+                answer = None
+            if answer is not None and answer.status == 200:
+                return
+            if answer is not None and b"failed to load" in answer.data:  # for good: no point waiting
+                raise ServerError(f"{self.model_dir}: {_error_text(answer.data)}\n{self.log_tail()}")
             time.sleep(0.2)
         raise ServerError(f"smvision serve not ready after {self.ready_timeout_s:g} s:\n{self.log_tail()}")
 

@@ -12,7 +12,6 @@ moto_server). Added, in the server process only:
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -164,3 +164,18 @@ def test_split_and_assemble_rules():
     assert batching.assemble([b"[1]", b"2\n"], "Line") == b"[1]\n2\n"
     assert batching.assemble([b"[1]", b"2\n"], "None") == b"[1]2\n"
     assert batching.payload_limit(0) is None and batching.payload_limit(6) == 6 * 2**20
+
+
+def test_local_model_dir_that_does_not_serve_is_a_clear_error(tmp_path, s3, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    args = ["transform", "--local", "--model-dir", str(model), "--input", f"s3://{DATA}/csv/",
+            "--output", f"s3://{DATA}/out/never", "--no-progress"]
+    assert main(args) == 1  # no code/inference.py: serve stops at once
+    assert "no entry script" in capsys.readouterr().err
+
+    (model / "code").mkdir()
+    (model / "code" / "inference.py").write_text("def model_fn(model_dir):\n    raise RuntimeError('weights missing')\n")
+    assert main(args) == 1  # loads and fails: /ping says so, no waiting for the timeout
+    assert "the model failed to load (RuntimeError: weights missing)" in capsys.readouterr().err
+    assert keys(s3, "out/never") == []
