@@ -1,0 +1,142 @@
+"""Hardening, in-process: deadlines reach S3, record caps, CSV parsing, quoting of
+caller values, S3 refusals, manifest paths, the EfficientDet detection cap."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from smvision import inflight
+from smvision.errors import InferenceError
+from smvision.records import parse_request
+
+
+def error_of(fn, *args) -> InferenceError:
+    with pytest.raises(InferenceError) as caught:
+        fn(*args)
+    return caught.value
+
+
+# --------------------------------------------------------------------------- deadlines and S3
+
+
+class Blackhole:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                self.accepted.append(self.sock.accept()[0])
+            except OSError:
+                continue
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+def test_s3_that_never_answers_costs_no_more_than_the_request_deadline(monkeypatch):
+    from smvision.s3 import S3Reader
+
+    hole = Blackhole()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", hole.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    outcome: dict = {}
+
+    def read() -> None:
+        started = time.monotonic()
+        with inflight.request_scope(2.0):
+            try:
+                S3Reader().read("bucket", "key.jpg")
+            except InferenceError as exc:
+                outcome["error"] = exc
+        outcome["seconds"] = time.monotonic() - started
+
+    try:
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        thread.join(15)  # botocore's defaults would hold it 60 s per attempt
+        assert not thread.is_alive(), "the S3 read outlived its request by far"
+    finally:
+        hole.close()
+    assert outcome["seconds"] < 3.0, outcome
+    error = outcome["error"]
+    assert error.status_code in (502, 504)
+    assert "127.0.0.1" not in error.message and "http" not in error.message  # no endpoint URL
+
+
+def test_s3_budget_fits_the_time_left():
+    from smvision.s3 import UNBOUNDED_BUDGET, budget
+
+    assert budget(None) == UNBOUNDED_BUDGET
+    for remaining in (0.7, 1.0, 2.0, 3.9, 5.0, 14.0, 30.0, 60.0, 600.0):
+        connect, read, attempts = budget(remaining)
+        backoff = {1: 0.0, 2: 1.0, 3: 3.0}[attempts]
+        assert attempts * (connect + read) + backoff <= max(remaining, 1.0), remaining
+    assert budget(60.0)[2] == 3 and budget(2.0)[2] == 1
+
+
+def test_a_request_past_its_deadline_reads_nothing_more():
+    from smvision.images import ImageLoader
+    from smvision.records import ImageSource, Record
+
+    class CountingReader:
+        reads = 0
+
+        def read(self, bucket, key, request=None):
+            CountingReader.reads += 1
+            return b""
+
+    loader = ImageLoader(reader=CountingReader())
+    records = [Record(i, ImageSource(bucket="b", key=f"{i}.jpg"), {}) for i in range(20)]
+    with inflight.request_scope(-1.0):
+        error = error_of(lambda: list(loader.batches(records, 4)))
+    assert error.status_code == 504 and "ran out of time" in error.message
+    assert CountingReader.reads == 0
+
+
+# --------------------------------------------------------------------------- records
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("text/csv", "\n".join(f"b/{i}.jpg" for i in range(4)) + "\nnot a reference\n"),
+    ("application/jsonlines", "\n".join(json.dumps({"bucket": "b", "key": f"{i}"}) for i in range(4))),
+    ("application/json", json.dumps([{"bucket": "b", "key": f"{i}"} for i in range(4)])),
+])
+def test_more_records_than_the_cap_is_413_naming_the_setting(monkeypatch, content_type, body):
+    monkeypatch.setenv("SMVISION_MAX_RECORDS", "3")
+    error = error_of(parse_request, body, content_type)
+    assert error.status_code == 413
+    assert "SMVISION_MAX_RECORDS" in error.message and "3" in error.message
+    monkeypatch.setenv("SMVISION_MAX_RECORDS", "4")
+    if content_type == "text/csv":  # the cap was found before the bad 5th line was parsed
+        monkeypatch.setenv("SMVISION_MAX_RECORDS", "5")
+        assert error_of(parse_request, body, content_type).status_code == 400
+    else:
+        assert len(parse_request(body, content_type).records) == 4
+
+
+def test_default_record_cap():
+    body = "\n".join(f"b/{i}.jpg" for i in range(256))
+    assert len(parse_request(body, "text/csv").records) == 256
+    assert error_of(parse_request, body + "\nb/one-more.jpg", "text/csv").status_code == 413
