@@ -56,3 +56,58 @@ def test_a_stuck_worker_answers_ping_503_until_it_is_free(tmp_path):
         assert post_json(server, {}).json()["ok"]
     finally:
         assert server.stop() == 0
+
+
+def wait_for_file(path, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), f"{path} never appeared"
+
+
+def test_sigterm_with_a_timed_out_torch_job_still_running_exits_0_at_once(tmp_path):
+    server = Serve(make_model_dir(tmp_path, "control.py"), tmp_path,
+                   env={"SAGEMAKER_MODEL_SERVER_TIMEOUT": "1"})
+    marker = tmp_path / "spinning"
+    try:
+        server.wait_ready()
+        r = post_json(server, {"spin_torch": 60, "marker": str(marker)})
+        assert_error(r, 504, "SAGEMAKER_MODEL_SERVER_TIMEOUT")
+        wait_for_file(marker)
+        sent = time.monotonic()
+        server.process.terminate()
+        code = server.process.wait(15)
+        took = time.monotonic() - sent
+        print(f"SIGTERM with a stuck torch job: exit {code} after {took:.2f} s")
+        assert code == 0, server.log()  # not 134 (SIGABRT inside torch at interpreter exit)
+        assert took < 3
+    finally:
+        server.stop()
+
+
+def test_sigterm_refuses_queued_requests_at_once_and_ends_within_the_drain_window(tmp_path):
+    server = Serve(make_model_dir(tmp_path, "control.py"), tmp_path,
+                   env={"SAGEMAKER_MODEL_SERVER_TIMEOUT": "60", "SMVISION_DRAIN_S": "2"})
+    marker = tmp_path / "started"
+    try:
+        server.wait_ready()
+        running = in_background(post_json, server, {"sleep": 30, "marker": str(marker)}, 60)
+        wait_for_file(marker)
+        queued = [in_background(post_json, server, {"sleep": 30}, 60) for _ in range(3)]
+        time.sleep(0.3)  # all three are waiting for the one handler thread
+        sent = time.monotonic()
+        server.process.terminate()
+        for thread, out in queued:
+            thread.join(5)
+            assert_error(out["r"], 503, "shutting down")
+            assert out["at"] - sent < 1.0  # refused at once, not after their own 60 s
+        thread, out = running
+        thread.join(10)
+        assert_error(out["r"], 503, "shutting down", "SMVISION_DRAIN_S")
+        assert 1.8 < out["at"] - sent < 3.0
+        assert server.process.wait(10) == 0
+        took = time.monotonic() - sent
+        print(f"SIGTERM with one running and three queued requests: exit 0 after {took:.2f} s")
+        assert took < 3.5
+    finally:
+        server.stop()
