@@ -30,3 +30,16 @@ def test_an_abandoned_request_stops_within_seconds_of_its_504(d0_model_dir, phot
         assert busy < 5
     finally:
         assert server.stop() == 0
+
+
+def test_server_timing_names_the_kinds_stages(d0_server):
+    response = requests.post(d0_server.url + "/invocations", json=[{"bucket": BUCKET, "key": "rocket.jpg"}] * 2, timeout=60)
+    assert response.status_code == 200
+    stages = {}
+    for part in response.headers["server-timing"].split(", "):
+        name, dur = part.split(";dur=")
+        stages[name] = float(dur)
+    for name in ("receive", "queue", "input", "predict", "output", "fetch", "decode", "preprocess", "forward", "nms", "total"):
+        assert name in stages, stages
+    assert stages["forward"] > 1 and stages["predict"] >= stages["forward"] + stages["nms"]
+    assert stages["total"] >= stages["predict"]

@@ -111,3 +111,32 @@ def test_sigterm_refuses_queued_requests_at_once_and_ends_within_the_drain_windo
         assert took < 3.5
     finally:
         server.stop()
+
+
+def timings(response: requests.Response) -> dict[str, float]:
+    """The W3C Server-Timing header as {name: milliseconds}."""
+    out = {}
+    for part in response.headers["server-timing"].split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        out[name] = float(dur)
+    return out
+
+
+def test_every_invocations_answer_has_server_timing(tmp_path):
+    server = Serve(make_model_dir(tmp_path, "echo.py"), tmp_path,
+                   env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0.01"})
+    try:
+        server.wait_ready()
+        ok = server.post(data=b"{}", headers=JSON_TYPE)
+        assert ok.status_code == 200
+        stages = timings(ok)
+        assert list(stages) == ["receive", "queue", "input", "predict", "output", "total"]
+        assert all(ms >= 0 for ms in stages.values())
+        assert stages["total"] >= stages["input"] + stages["predict"] + stages["output"]
+        runtime = server.post("/endpoints/e/invocations", data=b"{}", headers=JSON_TYPE)
+        assert "predict" in timings(runtime)
+        too_big = server.post(data=b"x" * 20000, headers={"Content-Type": "image/png"})
+        assert too_big.status_code == 413 and "total" in timings(too_big)
+        assert "server-timing" not in server.get("/ping").headers
+    finally:
+        assert server.stop() == 0
