@@ -43,3 +43,39 @@ def test_server_timing_names_the_kinds_stages(d0_server):
         assert name in stages, stages
     assert stages["forward"] > 1 and stages["predict"] >= stages["forward"] + stages["nms"]
     assert stages["total"] >= stages["predict"]
+
+
+def test_max_detections_caps_the_answer_at_100_by_default(d0_server):
+    def detections(**params):
+        body = {"bucket": BUCKET, "key": "rocket.jpg", "pred_threshold": 0.005, **params}
+        response = requests.post(d0_server.url + "/invocations", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()["detections"]
+
+    everything = detections(max_detections=10000)
+    assert len(everything) > 100  # random weights: thousands of boxes survive NMS
+    assert detections() == everything[:100]
+    assert detections(max_detections=5) == everything[:5]
+
+
+def test_max_detections_must_be_a_whole_number_in_range(d0_server):
+    for value in (0, -1, 1.5, "7", True, 10001, None):
+        body = {"bucket": BUCKET, "key": "rocket.jpg", "max_detections": value}
+        response = requests.post(d0_server.url + "/invocations", json=body, timeout=60)
+        if value is None:
+            assert response.status_code == 200  # null: the default
+            continue
+        assert response.status_code == 400, (value, response.text)
+        assert "max_detections" in response.json()["error"]
+
+
+def test_default_max_detections_from_env(d0_model_dir, photos, monkeypatch):
+    import base64
+
+    from smvision.kinds import load_model
+    from smvision.records import parse_request
+
+    monkeypatch.setenv("DEFAULT_MAX_DETECTIONS", "7")
+    model = load_model(d0_model_dir)
+    request = parse_request(f'{{"image": "{base64.b64encode(photos["rocket.jpg"]).decode()}", "pred_threshold": 0.005}}', "application/json")
+    assert len(model.predict(request)[0]["detections"]) == 7

@@ -140,3 +140,22 @@ def test_default_record_cap():
     body = "\n".join(f"b/{i}.jpg" for i in range(256))
     assert len(parse_request(body, "text/csv").records) == 256
     assert error_of(parse_request, body + "\nb/one-more.jpg", "text/csv").status_code == 413
+
+
+def test_csv_quoted_field_with_a_comma_is_one_key():
+    body = '"bucket/a,b.jpg",extra\n"s3://bucket/say ""hi"".png"\nbucket/plain.jpg,1,2\n'
+    keys = [r.source.key for r in parse_request(body, "text/csv").records]
+    assert keys == ["a,b.jpg", 'say "hi".png', "plain.jpg"]
+
+
+def test_handler_refuses_transform_fn_beside_the_other_three(tmp_path):
+    from smvision.container.handler import EntryScriptError, Handler
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "both_fns.py").write_text(
+        "def model_fn(d):\n    return 1\n"
+        "def transform_fn(m, b, c, a):\n    return b\n"
+        "def input_fn(b, c):\n    return b\n"
+    )
+    with pytest.raises(EntryScriptError, match="transform_fn and input_fn"):
+        Handler(str(tmp_path), "both_fns.py").load()

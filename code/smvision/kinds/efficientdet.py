@@ -63,9 +63,11 @@ class EfficientDetModel:
                 images,
                 [thresholds[r.index].pred for r in records],
                 [thresholds[r.index].iou for r in records],
-                [thresholds[r.index].max_detections for r in records],
             )
-            results.extend(self.result(r, image, d) for r, image, d in zip(records, images, found))
+            results.extend(
+                self.result(r, image, d, thresholds[r.index].max_detections)
+                for r, image, d in zip(records, images, found)
+            )
         return results
 
     def thresholds(self, record: Record) -> Thresholds:
@@ -82,8 +84,9 @@ class EfficientDetModel:
             max_detections=self.defaults.max_detections if cap is None else max_detections(cap, where),
         )
 
-    def result(self, record: Record, image: np.ndarray, found: Any) -> dict[str, Any]:
-        """CONTRACT section 4: boxes in original-image pixels, with class names.
+    def result(self, record: Record, image: np.ndarray, found: Any, max_detections: int | None = None) -> dict[str, Any]:
+        """CONTRACT section 4: boxes in original-image pixels, with class names, best
+        first, at most max_detections of them.
 
         zylo117 clips boxes to the padded square input, so a box may run past the
         image's bottom or right edge, or lie wholly in the padding; here boxes are
@@ -91,7 +94,7 @@ class EfficientDetModel:
         """
         height, width = image.shape[:2]
         boxes = np.clip(found.boxes, 0, [width, height, width, height])
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[:max_detections]
         boxes, scores, class_ids = boxes[keep], found.scores[keep], found.class_ids[keep]
         detections = [
             {
