@@ -34,13 +34,17 @@ APP_FACTORY = "smvision.container.app:create_app"
 
 
 def log_config(level: str) -> dict:
-    """Everything to stderr, one line each; uvicorn's access log off (ours replaces it)."""
+    """Everything to stderr, one line each (control characters escaped, credentials
+    redacted: see logs.py); uvicorn's access log off (ours replaces it)."""
     level = level.upper()
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "line": {"format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"}
+            "line": {
+                "()": "smvision.container.logs.SafeFormatter",
+                "format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+            }
         },
         "handlers": {
             "stderr": {

@@ -140,3 +140,58 @@ def test_every_invocations_answer_has_server_timing(tmp_path):
         assert "server-timing" not in server.get("/ping").headers
     finally:
         assert server.stop() == 0
+
+
+FORGED = "2026-01-01 00:00:00,000 [1] INFO smvision.container: POST /invocations 200 1.00 ms"
+
+
+def test_caller_values_cannot_forge_log_lines_or_swell_answers(tmp_path):
+    server = Serve(make_model_dir(tmp_path, "control.py"), tmp_path)
+    try:
+        server.wait_ready()
+        message = "bad key 'x\r\n" + FORGED + "\x00'" + "y" * 1_000_000
+        r = post_json(server, {"status": 400, "message": message})
+        body = assert_error(r, 400, "bad key")
+        assert len(r.content) < 3000 and "1,0" in body["error"]  # cut, and says how long it was
+        r = server.get("/ping%0d%0a" + FORGED.replace(" ", "%20"))
+        assert r.status_code == 404 and len(r.content) < 1000
+        log = server.log()
+        lines = log.splitlines()
+        assert not any(line.startswith("2026-01-01") for line in lines)
+        assert "\x00" not in log and max(len(line) for line in lines) < 5000
+        assert "\\r\\n2026-01-01" in log  # escaped, on the line it belongs to
+    finally:
+        assert server.stop() == 0
+
+
+def test_no_authorization_header_in_the_log_even_at_debug(tmp_path, photos):
+    from conftest import BUCKET
+
+    server = Serve(make_model_dir(tmp_path, "control.py"), tmp_path,
+                   env={"SMVISION_LOG_LEVEL": "debug"})
+    try:
+        server.wait_ready()
+        r = post_json(server, {"s3_read": [BUCKET, "rocket.jpg"]})
+        assert r.status_code == 200 and r.json()["bytes"] == len(photos["rocket.jpg"])
+        log = server.log()
+        assert "Sending http request" in log  # botocore's debug lines are there...
+        assert "'Authorization': <redacted>" in log
+        assert "AWS4-HMAC-SHA256 Credential" not in log  # ...without the signed header
+    finally:
+        assert server.stop() == 0
+
+
+def test_no_model_path_in_error_bodies(tmp_path):
+    model_dir = make_model_dir(tmp_path, "control.py")
+    server = Serve(model_dir, tmp_path, env={"CONTROL_MODEL_FN_FAIL": f"cannot read {model_dir}/weights.bin"})
+    try:
+        server.wait_listening()
+        deadline = time.monotonic() + 10
+        while "failed" not in server.get("/ping").text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for r in (server.get("/ping"), post_json(server, {})):
+            body = assert_error(r, 503, "failed to load", "cannot read <model dir>/weights.bin")
+            assert str(model_dir) not in body["error"] and str(tmp_path) not in body["error"]
+        assert str(model_dir) in server.log()  # the operator still sees it
+    finally:
+        assert server.stop() == 0

@@ -159,3 +159,17 @@ def test_handler_refuses_transform_fn_beside_the_other_three(tmp_path):
     )
     with pytest.raises(EntryScriptError, match="transform_fn and input_fn"):
         Handler(str(tmp_path), "both_fns.py").load()
+
+
+def test_messages_quote_caller_values_and_stay_short():
+    from smvision.params import check_known, unit_interval
+
+    key = "pred\r\nINFO forged\x00" + "k" * 1_000_000
+    error = error_of(check_known, {key: 1}, ["pred_threshold"], "record 0")
+    assert "\n" not in error.message and "\x00" not in error.message and "\\r\\n" in error.message
+    assert len(error.message) < 400 and "1,000,018 characters" in error.message
+    error = error_of(unit_interval, "v" * 1_000_000, "pred_threshold", "record 0")
+    assert len(error.message) < 400 and "pred_threshold" in error.message
+    request = parse_request('{"bucket": "b", "key": "a\\r\\nb"}', "application/json")
+    assert request.records[0].label() == "record 0 ('s3://b/a\\r\\nb')"
+    assert request.records[0].source.describe() == "s3://b/a\r\nb"  # results keep the value as sent
