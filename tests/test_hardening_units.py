@@ -173,3 +173,55 @@ def test_messages_quote_caller_values_and_stay_short():
     request = parse_request('{"bucket": "b", "key": "a\\r\\nb"}', "application/json")
     assert request.records[0].label() == "record 0 ('s3://b/a\\r\\nb')"
     assert request.records[0].source.describe() == "s3://b/a\r\nb"  # results keep the value as sent
+
+
+class FixedS3Error:
+    """An HTTP server on 127.0.0.1 answering every request with one S3 error document."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        body = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
+
+        class Answer(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status, code, message, expected", [
+    (400, "KeyTooLongError", "Your key is too long", 400),
+    (400, "InvalidRequest", "Bad request", 400),
+    (405, "MethodNotAllowed", "The specified method is not allowed", 400),
+    (500, "InternalError", "We encountered an internal error", 502),
+])
+def test_other_s3_refusals_are_the_callers_400_and_s3_faults_502(monkeypatch, status, code, message, expected):
+    from smvision.s3 import S3Reader
+
+    fake = FixedS3Error(status, code, message)
+    for name, value in {"AWS_ENDPOINT_URL_S3": fake.url, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        with inflight.request_scope(5.0):
+            error = error_of(S3Reader().read, "bucket", "k" * 2000)
+    finally:
+        fake.close()
+    assert error.status_code == expected
+    if expected == 400:
+        assert code in error.message and message in error.message
+    assert "127.0.0.1" not in error.message and len(error.message) < 500
