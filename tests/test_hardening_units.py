@@ -225,3 +225,22 @@ def test_other_s3_refusals_are_the_callers_400_and_s3_faults_502(monkeypatch, st
     if expected == 400:
         assert code in error.message and message in error.message
     assert "127.0.0.1" not in error.message and len(error.message) < 500
+
+
+@pytest.mark.parametrize("entry", ["../outside.txt", "/etc/hostname", "code/../../outside.txt", "link/outside.txt", "..\\\\outside.txt"])
+def test_manifest_entries_outside_the_model_dir_are_refused_unread(tmp_path, monkeypatch, entry):
+    from smvision import manifest as manifest_module
+    from smvision.manifest import ArchiveError, Manifest, read_manifest
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (tmp_path / "outside.txt").write_text("not yours")
+    (model_dir / "link").symlink_to(tmp_path)
+    (model_dir / "manifest.json").write_text(
+        Manifest("efficientdet", {}, None, False, files={entry: "0" * 64}).to_json())
+    hashed = []
+    monkeypatch.setattr(manifest_module, "sha256_of", lambda path: hashed.append(path) or "0" * 64)
+    with pytest.raises(ArchiveError) as caught:
+        read_manifest(model_dir)
+    assert hashed == []  # nothing outside (or inside) was read
+    assert "model dir" in str(caught.value) and "missing" not in str(caught.value)
