@@ -195,3 +195,34 @@ def test_no_model_path_in_error_bodies(tmp_path):
         assert str(model_dir) in server.log()  # the operator still sees it
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("workers, env, expected", [
+    (2, {}, "cores // 2"),
+    (1, {"SMVISION_THREADS": "1"}, "SMVISION_THREADS=1"),
+])
+def test_each_worker_gets_its_share_of_the_cores(tmp_path, monkeypatch, workers, env, expected):
+    from smvision.threads import cpu_count
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("SMVISION_THREADS", raising=False)
+    server = Serve(make_model_dir(tmp_path, "control.py"), tmp_path, env=env, args=["--workers", str(workers)])
+    try:
+        server.wait_ready(timeout=30)
+        want = int(env.get("SMVISION_THREADS", max(1, cpu_count() // workers)))
+        answers = [post_json(server, {"torch_threads": 1}).json() for _ in range(4)]
+        assert {a["threads"] for a in answers} == {want}, answers
+        assert f"{want} compute thread(s) per worker" in server.log() and expected in server.log()
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_bad_thread_count_stops_the_process_at_start(tmp_path):
+    import subprocess
+    import sys
+
+    model_dir = make_model_dir(tmp_path, "control.py")
+    bad = subprocess.run([sys.executable, "-m", "smvision.container.serve", "--model-dir", str(model_dir)],
+                         env={**__import__("os").environ, "SMVISION_THREADS": "many"},
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "SMVISION_THREADS='many'" in bad.stderr
