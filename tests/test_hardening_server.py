@@ -226,3 +226,44 @@ def test_a_bad_thread_count_stops_the_process_at_start(tmp_path):
                          env={**__import__("os").environ, "SMVISION_THREADS": "many"},
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "SMVISION_THREADS='many'" in bad.stderr
+
+
+def test_workers_take_traffic_only_once_loaded_at_start_and_after_a_restart(tmp_path):
+    import os
+    import signal
+
+    server = Serve(make_model_dir(tmp_path, "echo.py"), tmp_path, args=["--workers", "2"],
+                   env={"ECHO_SLOW_LOADS": str(tmp_path / "first-load")})
+
+    def hammer(seconds: float) -> tuple[list[int], set[int]]:
+        """Fresh connections for `seconds` (at most 200): statuses and answering pids."""
+        statuses, pids = [], set()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and len(statuses) < 200:
+            r = server.post(data=b"{}", headers=JSON_TYPE)
+            statuses.append(r.status_code)
+            if r.ok:
+                pids.add(r.json()["pid"])
+            time.sleep(0.02)
+        return statuses, pids
+
+    try:
+        server.wait_ready(timeout=30)  # the fast worker; the other loads for 3 s more
+        statuses, pids = hammer(2.0)
+        assert set(statuses) == {200}, f"{statuses.count(503)} of {len(statuses)} got 503 at start"
+        assert len(pids) == 1  # only the worker that had loaded
+        time.sleep(1.5)
+        statuses, pids = hammer(2.0)
+        assert set(statuses) == {200} and len(pids) == 2, (statuses, pids)  # both serve now
+        victim = pids.pop()
+        os.kill(victim, signal.SIGKILL)  # uvicorn restarts it; its model takes 3 s to load
+        statuses, pids = hammer(3.0)
+        assert set(statuses) == {200}, f"{statuses.count(503)} of {len(statuses)} got 503 after a restart"
+        assert victim not in pids
+        deadline = time.monotonic() + 15
+        while server.log().count("model loaded") < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        statuses, pids = hammer(1.5)
+        assert set(statuses) == {200} and len(pids) == 2 and victim not in pids  # back to two
+    finally:
+        assert server.stop() == 0
