@@ -51,19 +51,18 @@ def start(model_dir: Path, workers: int, env: dict[str, str], log_path: Path) ->
     return process, f"http://127.0.0.1:{port}"
 
 
-def wait_ready(url: str, workers: int, timeout: float = 300) -> None:
-    """Until /ping is 200 and every worker has answered a request (each loads its model)."""
+def wait_ready(url: str, workers: int, log_path: Path, timeout: float = 600) -> None:
+    """Until /ping is 200 and every worker has loaded its model (said in the log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if requests.get(url + "/ping", timeout=2).status_code == 200:
-                break
+            if (requests.get(url + "/ping", timeout=2).status_code == 200
+                    and log_path.read_text(errors="replace").count("model loaded") >= workers):
+                return
         except requests.RequestException:
             pass
         time.sleep(0.2)
-    else:
-        raise SystemExit(f"{url} not ready")
-    time.sleep(2.0 * workers)  # later workers finish loading (they accept only once loaded)
+    raise SystemExit(f"{url} not ready")
 
 
 def round_rps(url: str, payloads: list[bytes], count: int, clients: int) -> float:
@@ -105,8 +104,8 @@ def main() -> None:
         try:
             for i, (name, workers, env) in enumerate(configs):
                 servers.append(start(model_dir, workers, env, Path(tmp) / f"serve-{i}.log"))
-            for _, url in servers:
-                wait_ready(url, k)
+            for i, ((_, workers, _), (_, url)) in enumerate(zip(configs, servers)):
+                wait_ready(url, workers, Path(tmp) / f"serve-{i}.log")
             results: dict[str, list[float]] = {name: [] for name, _, _ in configs}
             for number in range(args.rounds):
                 for (name, _, _), (_, url) in zip(configs, servers):
