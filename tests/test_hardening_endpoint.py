@@ -20,14 +20,20 @@ def test_an_abandoned_request_stops_within_seconds_of_its_504(d0_model_dir, phot
         lines = "\n".join(f"{BUCKET}/rocket.jpg" for _ in range(1000))  # minutes of work
         big = requests.post(server.url + "/invocations", data=lines, headers={"Content-Type": "text/csv"}, timeout=30)
         assert big.status_code == 504, big.text
-        # The next request waits for the abandoned one to stop, then runs within its own 6 s.
-        small = requests.post(server.url + "/invocations", json={"bucket": BUCKET, "key": "coffee.png"}, timeout=30)
-        assert small.status_code == 200, small.text
-        stopped = re.search(r"has stopped, ([0-9.]+) s past its deadline", server.log())
+        answered = time.monotonic()
+        stopped = None
+        while stopped is None and time.monotonic() - answered < 30:
+            stopped = re.search(r"has stopped, ([0-9.]+) s past its deadline", server.log())
+            time.sleep(0.1)
         assert stopped, server.log()
         busy = float(stopped.group(1))
         print(f"the abandoned 1,000-line request held the worker {busy:.1f} s after its 504")
         assert busy < 5
+        for _ in range(3):  # the worker is free again (each try has its own 6 s on a busy machine)
+            small = requests.post(server.url + "/invocations", json={"bucket": BUCKET, "key": "coffee.png"}, timeout=30)
+            if small.status_code == 200:
+                break
+        assert small.status_code == 200, small.text
     finally:
         assert server.stop() == 0
 

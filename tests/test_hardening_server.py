@@ -45,7 +45,7 @@ def test_a_stuck_worker_answers_ping_503_until_it_is_free(tmp_path):
         # time.sleep never checks the deadline: the worker stays busy past the 504.
         assert_error(post_json(server, {"sleep": 4}), 504, "SAGEMAKER_MODEL_SERVER_TIMEOUT")
         assert server.get("/ping").status_code == 200  # just late, not stuck yet
-        while time.monotonic() - started < 2.3:
+        while time.monotonic() - started < 2.6:
             time.sleep(0.05)
         assert_error(server.get("/ping"), 503, "stuck", "SMVISION_STUCK_AFTER_S")
         assert_error(post_json(server, {}), 503, "stuck")  # at once, not after 1 s
@@ -80,7 +80,7 @@ def test_sigterm_with_a_timed_out_torch_job_still_running_exits_0_at_once(tmp_pa
         took = time.monotonic() - sent
         print(f"SIGTERM with a stuck torch job: exit {code} after {took:.2f} s")
         assert code == 0, server.log()  # not 134 (SIGABRT inside torch at interpreter exit)
-        assert took < 3
+        assert took < 5
     finally:
         server.stop()
 
@@ -104,11 +104,11 @@ def test_sigterm_refuses_queued_requests_at_once_and_ends_within_the_drain_windo
         thread, out = running
         thread.join(10)
         assert_error(out["r"], 503, "shutting down", "SMVISION_DRAIN_S")
-        assert 1.8 < out["at"] - sent < 3.0
+        assert 1.8 < out["at"] - sent < 4.0
         assert server.process.wait(10) == 0
         took = time.monotonic() - sent
         print(f"SIGTERM with one running and three queued requests: exit 0 after {took:.2f} s")
-        assert took < 3.5
+        assert took < 5
     finally:
         server.stop()
 
