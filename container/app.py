@@ -99,7 +99,6 @@ class HandlerPool:
     """
 
     def __init__(self, threads: int, name: str = "handler") -> None:
-        self.size = threads
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._running: dict[int, Call | None] = {}  # thread index -> what it runs now
         self._threads = [
