@@ -4,7 +4,9 @@ The semantics are those of the SageMaker inference toolkit (sagemaker-inference 
 sagemaker-pytorch-inference): the module SAGEMAKER_PROGRAM is imported from
 ``<model dir>/code`` (put first on sys.path); ``model_fn(model_dir)`` runs once per
 worker; then either ``transform_fn(model, body, content_type, accept)`` or
-``output_fn(predict_fn(input_fn(body, content_type), model), accept)``, each with an
+``output_fn(predict_fn(input_fn(body, content_type), model), accept)`` (a script that
+defines transform_fn beside any of the other three is refused, as the toolkit refuses
+it), each with an
 optional trailing ``context`` argument (we pass None).  JSON, CSV and JSON Lines bodies
 arrive as str, all others as bytes.  A missing or ``*/*`` Accept becomes the default
 accept.  output_fn/transform_fn may return bytes, str, or ``(body, content_type)``.
@@ -27,6 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 from smvision.errors import InferenceError
+from smvision.inflight import stage
+from smvision.quoting import quote
 from smvision.records import media_type
 
 log = logging.getLogger("smvision.container")
@@ -89,7 +93,7 @@ def default_input_fn(body: Any, content_type: str) -> Any:
         except ValueError as exc:
             raise InferenceError(400, f"the body is not valid JSON: {exc}") from None
     raise InferenceError(
-        415, f"unsupported content type {content_type!r}; this model accepts application/json"
+        415, f"unsupported content type {quote(content_type)}; this model accepts application/json"
     )
 
 
@@ -105,7 +109,7 @@ def default_output_fn(prediction: Any, accept: str) -> tuple[bytes, str]:
             prediction = prediction.tolist()
         return json.dumps(prediction).encode("utf-8"), "application/json"
     raise InferenceError(
-        406, f"unsupported accept type {accept!r}; this model produces application/json"
+        406, f"unsupported accept type {quote(accept)}; this model produces application/json"
     )
 
 
@@ -146,6 +150,13 @@ class Handler:
             if model_fn is None:
                 raise EntryScriptError(f"{script} defines no model_fn(model_dir)")
             transform_fn = getattr(module, "transform_fn", None)
+            others = [n for n in ("input_fn", "predict_fn", "output_fn") if hasattr(module, n)]
+            if transform_fn is not None and others:
+                raise EntryScriptError(
+                    f"{script} defines transform_fn and {', '.join(others)}: define either "
+                    "transform_fn or input_fn / predict_fn / output_fn (the SageMaker toolkit "
+                    "refuses both as well)"
+                )
             if transform_fn is not None:
                 self._transform = _bind(transform_fn, "transform_fn", 4)
             else:
@@ -163,24 +174,32 @@ class Handler:
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None
                ) -> tuple[bytes, str]:
-        """Run one request through the entry script: (response body, its content type)."""
+        """Run one request through the entry script: (response body, its content type).
+
+        Times the stages input, predict and output (or transform) of the request open on
+        this thread (smvision.inflight), if any."""
         if not content_type:
             content_type = OCTET_STREAM
-        data: bytes | str = body
+        data: Any = body
         if media_type(content_type) in TEXT_TYPES:
             try:
                 data = body.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise InferenceError(
-                    400, f"the body is not valid UTF-8 text for {content_type}: {exc}"
+                    400, f"the body is not valid UTF-8 text for {quote(content_type)}: {exc}"
                 ) from None
         if not accept or accept.strip() == ANY:
             accept = self.default_accept
         if self._transform is not None:
-            result = self._transform(self.model, data, content_type, accept)
+            with stage("transform"):
+                result = self._transform(self.model, data, content_type, accept)
         else:
-            result = self._output(self._predict(self._input(data, content_type), self.model),
-                                  accept)
+            with stage("input"):
+                data = self._input(data, content_type)
+            with stage("predict"):
+                data = self._predict(data, self.model)
+            with stage("output"):
+                result = self._output(data, accept)
         response_type = accept
         if isinstance(result, tuple) and len(result) == 2:
             result, response_type = result

@@ -27,6 +27,7 @@ from smvision.container.settings import (
     Settings,
     SettingsError,
 )
+from smvision.threads import threads_per_worker
 
 log = logging.getLogger("smvision.container")
 
@@ -34,13 +35,17 @@ APP_FACTORY = "smvision.container.app:create_app"
 
 
 def log_config(level: str) -> dict:
-    """Everything to stderr, one line each; uvicorn's access log off (ours replaces it)."""
+    """Everything to stderr, one line each (control characters escaped, credentials
+    redacted: see logs.py); uvicorn's access log off (ours replaces it)."""
     level = level.upper()
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "line": {"format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"}
+            "line": {
+                "()": "smvision.container.logs.SafeFormatter",
+                "format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+            }
         },
         "handlers": {
             "stderr": {
@@ -61,7 +66,12 @@ def log_config(level: str) -> dict:
 
 
 def check(settings: Settings) -> None:
-    """Refuse to start on a model dir or entry script that is not there."""
+    """Refuse to start on a model dir or entry script that is not there, or a thread
+    count (SMVISION_THREADS, OMP_NUM_THREADS) that is not a positive integer."""
+    try:
+        threads_per_worker()
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     if not os.path.isdir(settings.model_dir):
         raise SettingsError(
             f"model dir {settings.model_dir!r} is not a directory (set --model-dir, "

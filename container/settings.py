@@ -22,6 +22,8 @@ ENV_MODEL_DIR = "SMVISION_MODEL_DIR"  # overrides $SAGEMAKER_BASE_DIR/model
 ENV_HOST = "SMVISION_BIND_HOST"  # interface to bind; SageMaker needs 0.0.0.0
 ENV_THREADS = "SMVISION_HANDLER_THREADS"  # handler threads per worker process
 ENV_LOG_LEVEL = "SMVISION_LOG_LEVEL"
+ENV_STUCK_AFTER = "SMVISION_STUCK_AFTER_S"  # /ping 503 once a request overruns its timeout by this
+ENV_DRAIN = "SMVISION_DRAIN_S"  # after SIGTERM, seconds in-flight requests may still take
 
 _BATCH_STRATEGIES = {
     "multirecord": "MULTI_RECORD",
@@ -51,6 +53,8 @@ class Settings:
     max_concurrent_transforms: int | None = None
     default_accept: str = "application/json"
     log_level: str = "info"
+    stuck_after_s: float = 10.0
+    drain_s: float = 20.0
 
     @property
     def max_payload_bytes(self) -> int | None:
@@ -122,6 +126,8 @@ class Settings:
             ),
             default_accept=default_accept or "application/json",
             log_level=log_level,
+            stuck_after_s=_number(env, ENV_STUCK_AFTER, 10.0, positive=True),
+            drain_s=_number(env, ENV_DRAIN, 20.0, positive=False),
         )
 
 

@@ -767,3 +767,15 @@ def test_detector_loads_weights_falls_back_to_fp32_on_cpu_and_warms_up(d0_weight
     with pytest.raises(ValueError, match="folded"):
         load_zylo117_state_dict(model, d0_weights)
     detector.warm_up()
+
+
+def test_max_detections_keeps_the_best_and_changes_nothing_below_the_cap(small_detector):
+    image = np.random.RandomState(3).randint(0, 256, (150, 230, 3), np.uint8)
+    (everything,) = small_detector.detect([image], [0.01], [0.5])
+    assert len(everything) > 10
+    assert np.all(np.diff(everything.scores) <= 0)  # best first
+    (capped,) = small_detector.detect([image], [0.01], [0.5], [5])
+    (roomy,) = small_detector.detect([image], [0.01], [0.5], [len(everything)])
+    for name in ("boxes", "scores", "class_ids"):
+        np.testing.assert_array_equal(getattr(capped, name), getattr(everything, name)[:5])
+        np.testing.assert_array_equal(getattr(roomy, name), getattr(everything, name))

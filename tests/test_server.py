@@ -354,9 +354,25 @@ def test_read_only_model_dir_is_never_written(echo, echo_dir, echo_before):
 
 
 def test_one_log_line_per_request(echo):
-    echo.get("/ping")
-    lines = [line for line in echo.log().splitlines() if "GET /ping 200" in line]
-    assert lines and lines[-1].rstrip().endswith(" ms")
+    def new_lines(before: int) -> list[str]:
+        deadline = time.monotonic() + 2  # the line is written as the answer is sent
+        while time.monotonic() < deadline:
+            lines = echo.log()[before:].splitlines()
+            if lines and lines[-1].endswith(" ms"):
+                return lines
+            time.sleep(0.02)
+        return echo.log()[before:].splitlines()
+
+    for method, path, status in (("GET", "/ping", 200), ("POST", "/invocations", 200),
+                                 ("GET", "/no-such-path", 404)):
+        before = len(echo.log())
+        if method == "GET":
+            assert echo.get(path).status_code == status
+        else:
+            assert echo.post(path, data=b"{}", headers={"Content-Type": "application/json"}).ok
+        lines = new_lines(before)
+        assert len(lines) == 1, lines  # this request's line, and nothing else
+        assert f" {method} {path} {status} " in lines[0] and lines[0].endswith(" ms")
 
 
 # --------------------------------------------------------------------------- control server

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+from smvision.quoting import quote
+
 try:  # pragma: no cover - depends on the image
     from sagemaker_inference.errors import BaseInferenceToolkitError as _Base
 except ImportError:  # our own container, a laptop, tests
@@ -55,12 +57,12 @@ def too_large(message: str) -> InferenceError:
 def unsupported_content_type(content_type: str, supported: list[str]) -> InferenceError:
     """415: a Content-Type no record parser understands."""
     return InferenceError(
-        415, f"unsupported content type {content_type!r}; use one of: {', '.join(supported)}"
+        415, f"unsupported content type {quote(content_type)}; use one of: {', '.join(supported)}"
     )
 
 
 def unsupported_accept(accept: str, supported: list[str]) -> InferenceError:
     """406: an Accept type no response encoder produces."""
     return InferenceError(
-        406, f"unsupported accept type {accept!r}; use one of: {', '.join(supported)}"
+        406, f"unsupported accept type {quote(accept)}; use one of: {', '.join(supported)}"
     )

@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from smvision import inflight
 from smvision.errors import InferenceError, bad_request, too_large
 from smvision.params import env_int
 from smvision.records import Record
@@ -57,26 +58,35 @@ class ImageLoader:
         self.max_pixels = max_pixels or env_int(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS, 1, 10**12)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="smvision-images")
 
-    def load(self, record: Record) -> np.ndarray:
-        """One record's image as HxWx3 uint8 RGB; errors name the record."""
+    def load(self, record: Record, request: inflight.Inflight | None = None) -> np.ndarray:
+        """One record's image as HxWx3 uint8 RGB; errors name the record.
+
+        request: the request it belongs to (fetch threads have none of their own): its
+        deadline is checked first and bounds the S3 read; fetch and decode are timed."""
+        request = request if request is not None else inflight.current()
+        if request is not None:
+            request.check(f"before {record.label()}")
         source = record.source
         data = source.data
         if data is None:
             try:
-                data = self.reader.read(source.bucket, source.key)
+                with inflight.stage("fetch", request):
+                    data = self.reader.read(source.bucket, source.key, request)
             except InferenceError as exc:
                 raise InferenceError(exc.status_code, f"record {record.index}: {exc.message}") from None
-        return decode_image(data, record.label(), self.max_pixels)
+        with inflight.stage("decode", request):
+            return decode_image(data, record.label(), self.max_pixels)
 
     def batches(self, records: Sequence[Record], batch_size: int) -> Iterator[tuple[list[Record], list[np.ndarray]]]:
         """(records, images) in batches of batch_size, in order, fetching the next batch
         while the caller computes on the current one."""
+        request = inflight.current()
         chunks = [list(records[i : i + batch_size]) for i in range(0, len(records), batch_size)]
-        pending = [self._pool.submit(self.load, r) for r in chunks[0]] if chunks else []
+        pending = [self._pool.submit(self.load, r, request) for r in chunks[0]] if chunks else []
         for number, chunk in enumerate(chunks):
             current = pending
             if number + 1 < len(chunks):
-                pending = [self._pool.submit(self.load, r) for r in chunks[number + 1]]
+                pending = [self._pool.submit(self.load, r, request) for r in chunks[number + 1]]
             try:
                 images = [future.result() for future in current]
             except BaseException:

@@ -2,6 +2,11 @@
 
 One format for every model kind. `smvision archive build` writes it; model_fn reads it
 and refuses an archive whose files do not match.
+
+The sha256 check guards against a damaged or incomplete archive, not a malicious one:
+whoever can change the files can change the manifest too, and the entry script
+(code/inference.py) runs before the check. Entries must be relative paths inside the
+model dir (no absolute paths, no '..', no links out of it).
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
@@ -91,11 +96,27 @@ def read_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
 _CORE_FIELDS = {"format_version", "kind", "config", "weights", "random_weights", "files"}
 
 
+def check_entry(root: Path, name: str) -> Path:
+    """The file a manifest entry names, or ArchiveError if the entry points anywhere but
+    inside root (an absolute path, '..', a backslash, a link out of it)."""
+    pure = PurePosixPath(name)
+    if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name:
+        raise ArchiveError(f"manifest entry {name!r} is not a relative path inside the model dir")
+    path = root / pure
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        raise ArchiveError(f"manifest entry {name!r} leads outside the model dir") from None
+    return path
+
+
 def verify_files(root: Path, manifest: Manifest) -> None:
-    """Raise ArchiveError naming every listed file that is missing or changed."""
+    """Raise ArchiveError naming every listed file that is missing or changed, or any
+    entry that is not a path inside root (checked before any file is touched)."""
+    paths = {name: check_entry(root, name) for name in manifest.files}
     problems = []
     for name, expected in manifest.files.items():
-        path = root / name
+        path = paths[name]
         if not path.is_file():
             problems.append(f"{name} is missing")
         elif sha256_of(path) != expected:

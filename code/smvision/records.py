@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
+import io
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
-from smvision.errors import InferenceError, bad_request, unsupported_content_type
+from smvision.errors import InferenceError, bad_request, too_large, unsupported_content_type
+from smvision.params import env_int
+from smvision.quoting import quote
 
 JSON_TYPES = ("application/json",)
 JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
@@ -22,6 +26,11 @@ SUPPORTED_CONTENT_TYPES = [*JSON_TYPES, *JSONLINES_TYPES, *CSV_TYPES, *IMAGE_TYP
 
 #: JSON fields that name the image; every other field is a parameter.
 SOURCE_FIELDS = ("bucket", "key", "s3_uri", "image")
+
+#: Records one request may hold: sized so a full request fits the 60 s timeout (a D0 on
+#: two CPU cores does about 7 images/s); raise it with SAGEMAKER_MODEL_SERVER_TIMEOUT.
+MAX_RECORDS_ENV = "SMVISION_MAX_RECORDS"
+DEFAULT_MAX_RECORDS = 256
 
 
 @dataclass(frozen=True)
@@ -50,8 +59,9 @@ class Record:
     params: Mapping[str, Any]
 
     def label(self) -> str:
-        """How error messages name this record."""
-        return f"record {self.index} ({self.source.describe()})"
+        """How error messages name this record (the caller's reference quoted)."""
+        source = self.source.describe()
+        return f"record {self.index} ({quote(source) if self.source.is_s3 else source})"
 
 
 @dataclass(frozen=True)
@@ -82,22 +92,39 @@ def parse_request(body: bytes | str, content_type: str | None) -> Request:
     if kind not in SUPPORTED_CONTENT_TYPES:
         raise unsupported_content_type(content_type or "(none)", SUPPORTED_CONTENT_TYPES)
     text = _text(body)
+    limit = max_records()
     if kind in CSV_TYPES:
-        records = [_csv_record(i, line) for i, line in enumerate(_lines(text))]
+        records = [_csv_record(i, row) for i, row in enumerate(_capped(_csv_rows(text), limit))]
         is_list = True
     elif kind in JSONLINES_TYPES:
-        records = [
-            _json_record(i, _load_json(line, f"line {i + 1}")) for i, line in enumerate(_lines(text))
-        ]
+        lines = _capped(_lines(text), limit)
+        records = [_json_record(i, _load_json(line, f"line {i + 1}")) for i, line in enumerate(lines)]
         is_list = True
     else:
         document = _load_json(text, "the body")
         is_list = isinstance(document, list)
         items = document if is_list else [document]
-        records = [_json_record(i, item) for i, item in enumerate(items)]
+        records = [_json_record(i, item) for i, item in enumerate(_capped(items, limit))]
     if not records:
         raise bad_request("the request holds no records")
     return Request(records, is_list=is_list)
+
+
+def max_records() -> int:
+    """SMVISION_MAX_RECORDS (default 256): the most records one request may hold."""
+    return env_int(MAX_RECORDS_ENV, DEFAULT_MAX_RECORDS, 1, 10_000_000)
+
+
+def _capped(items: Iterable[Any], limit: int) -> Iterator[Any]:
+    """The items, or a 413 naming the setting once there are more than limit of them
+    (found before the rest are parsed)."""
+    for count, item in enumerate(items):
+        if count == limit:
+            raise too_large(
+                f"the request holds more than {limit:,} records, the most one request may hold "
+                f"({MAX_RECORDS_ENV}); split it into smaller requests"
+            )
+        yield item
 
 
 def parse_s3_reference(text: str) -> tuple[str, str]:
@@ -107,7 +134,7 @@ def parse_s3_reference(text: str) -> tuple[str, str]:
         ref = ref[len("s3://") :]
     bucket, sep, key = ref.partition("/")
     if not sep or not bucket or not key:
-        raise bad_request(f"{text!r} is not an S3 reference; write bucket/key or s3://bucket/key")
+        raise bad_request(f"{quote(text)} is not an S3 reference; write bucket/key or s3://bucket/key")
     return bucket, key
 
 
@@ -120,8 +147,18 @@ def _text(body: bytes | str) -> str:
         raise bad_request(f"the body is not valid UTF-8 text (byte {exc.start})") from None
 
 
-def _lines(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def _lines(text: str) -> Iterator[str]:
+    return (line.strip() for line in text.splitlines() if line.strip())
+
+
+def _csv_rows(text: str) -> Iterator[list[str]]:
+    """Non-blank CSV rows, read by the csv module (quoted fields may hold commas)."""
+    try:
+        for row in csv.reader(io.StringIO(text)):
+            if any(cell.strip() for cell in row):
+                yield row
+    except csv.Error as exc:
+        raise bad_request(f"the body is not valid CSV: {quote(str(exc))}") from None
 
 
 def _load_json(text: str, where: str) -> Any:
@@ -130,11 +167,11 @@ def _load_json(text: str, where: str) -> Any:
     except json.JSONDecodeError as exc:
         raise bad_request(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except (ValueError, RecursionError) as exc:  # nesting too deep, an integer too long
-        raise bad_request(f"{where} is not JSON this server accepts: {type(exc).__name__}: {exc}"[:300]) from None
+        raise bad_request(f"{where} is not JSON this server accepts: {type(exc).__name__}: {quote(str(exc))}") from None
 
 
-def _csv_record(index: int, line: str) -> Record:
-    ref = line.split(",", 1)[0].strip().strip('"')
+def _csv_record(index: int, row: list[str]) -> Record:
+    ref = row[0].strip() if row else ""
     try:
         bucket, key = parse_s3_reference(ref)
     except InferenceError as exc:

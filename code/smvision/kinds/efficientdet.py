@@ -4,6 +4,7 @@ Environment (read once at load):
   EFFICIENTDET_COMPOUND_COEF  0-8; if set, must match the archive (a guard, not a switch)
   DEFAULT_PRED_THRESHOLD      score threshold when a request gives none (0.2)
   DEFAULT_IOU_THRESHOLD       NMS IoU threshold when a request gives none (0.2)
+  DEFAULT_MAX_DETECTIONS      most detections per image when a request gives none (100)
   USE_FLOAT16                 half precision on a GPU (ignored on CPU)
   SMVISION_BATCH_SIZE         images per forward pass (8)
 """
@@ -18,21 +19,28 @@ from typing import Any
 
 import numpy as np
 
+from smvision.errors import bad_request
 from smvision.images import ImageLoader
+from smvision.inflight import check_deadline
 from smvision.manifest import ArchiveError, Manifest
 from smvision.params import check_known, env_flag, env_int, env_unit_interval, unit_interval
+from smvision.quoting import quote
 from smvision.records import Record, Request
 
 log = logging.getLogger("smvision")
 
-PARAMETERS = ("pred_threshold", "iou_threshold")
+PARAMETERS = ("pred_threshold", "iou_threshold", "max_detections")
 CLASSES_FILE = "classes.json"
+#: COCO evaluation's and rwightman's effdet's cap; the largest a request may ask for.
+DEFAULT_MAX_DETECTIONS = 100
+MAX_DETECTIONS_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
 class Thresholds:
     pred: float
     iou: float
+    max_detections: int = DEFAULT_MAX_DETECTIONS
 
 
 class EfficientDetModel:
@@ -50,27 +58,35 @@ class EfficientDetModel:
         thresholds = {record.index: self.thresholds(record) for record in request.records}
         results: list[dict[str, Any]] = []
         for records, images in self.loader.batches(request.records, self.batch_size):
+            check_deadline(f"after {len(results)} of {len(request.records)} records")
             found = self.detector.detect(
                 images,
                 [thresholds[r.index].pred for r in records],
                 [thresholds[r.index].iou for r in records],
             )
-            results.extend(self.result(r, image, d) for r, image, d in zip(records, images, found))
+            results.extend(
+                self.result(r, image, d, thresholds[r.index].max_detections)
+                for r, image, d in zip(records, images, found)
+            )
         return results
 
     def thresholds(self, record: Record) -> Thresholds:
-        """The record's thresholds: its own if given (each in (0, 1]), else the defaults."""
+        """The record's thresholds: its own if given (each in (0, 1]; max_detections a
+        whole number in 1..10000), else the defaults."""
         where = record.label()
         check_known(record.params, PARAMETERS, where)
         pred = record.params.get("pred_threshold")
         iou = record.params.get("iou_threshold")
+        cap = record.params.get("max_detections")
         return Thresholds(
             pred=self.defaults.pred if pred is None else unit_interval(pred, "pred_threshold", where),
             iou=self.defaults.iou if iou is None else unit_interval(iou, "iou_threshold", where),
+            max_detections=self.defaults.max_detections if cap is None else max_detections(cap, where),
         )
 
-    def result(self, record: Record, image: np.ndarray, found: Any) -> dict[str, Any]:
-        """CONTRACT section 4: boxes in original-image pixels, with class names.
+    def result(self, record: Record, image: np.ndarray, found: Any, max_detections: int | None = None) -> dict[str, Any]:
+        """CONTRACT section 4: boxes in original-image pixels, with class names, best
+        first, at most max_detections of them.
 
         zylo117 clips boxes to the padded square input, so a box may run past the
         image's bottom or right edge, or lie wholly in the padding; here boxes are
@@ -78,7 +94,7 @@ class EfficientDetModel:
         """
         height, width = image.shape[:2]
         boxes = np.clip(found.boxes, 0, [width, height, width, height])
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[:max_detections]
         boxes, scores, class_ids = boxes[keep], found.scores[keep], found.class_ids[keep]
         detections = [
             {
@@ -94,6 +110,15 @@ class EfficientDetModel:
     def class_name(self, class_id: int) -> str:
         name = self.classes[class_id] if 0 <= class_id < len(self.classes) else ""
         return name or f"class_{class_id}"
+
+
+def max_detections(value: Any, where: str) -> int:
+    """A whole number in 1..MAX_DETECTIONS_LIMIT, or a 400 naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise bad_request(f"{where}: max_detections must be a whole number in 1..{MAX_DETECTIONS_LIMIT}, got {quote(value)}")
+    if not 1 <= value <= MAX_DETECTIONS_LIMIT:
+        raise bad_request(f"{where}: max_detections must be in 1..{MAX_DETECTIONS_LIMIT}, got {quote(value)}")
+    return int(value)
 
 
 def load(model_dir: Path, manifest: Manifest) -> EfficientDetModel:
@@ -120,14 +145,16 @@ def load(model_dir: Path, manifest: Manifest) -> EfficientDetModel:
     defaults = Thresholds(
         pred=env_unit_interval("DEFAULT_PRED_THRESHOLD", 0.2),
         iou=env_unit_interval("DEFAULT_IOU_THRESHOLD", 0.2),
+        max_detections=env_int("DEFAULT_MAX_DETECTIONS", DEFAULT_MAX_DETECTIONS, 1, MAX_DETECTIONS_LIMIT),
     )
     detector.warm_up()
     log.info(
-        "EfficientDet D%d loaded on %s (%d classes, thresholds %.2f/%.2f)",
+        "EfficientDet D%d loaded on %s (%d classes, thresholds %.2f/%.2f, at most %d detections)",
         config.compound_coef,
         device,
         config.num_classes,
         defaults.pred,
         defaults.iou,
+        defaults.max_detections,
     )
     return EfficientDetModel(detector, classes, defaults, ImageLoader(), env_int("SMVISION_BATCH_SIZE", 8, 1, 256))

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from smvision.inflight import stage
+
 from .anchors import generate_anchors
 from .checkpoint import load_zylo117_state_dict
 from .config import EfficientDetConfig
@@ -87,18 +89,23 @@ class EfficientDetector:
         images: Sequence[np.ndarray],
         pred_thresholds: Sequence[float],
         iou_thresholds: Sequence[float],
+        max_detections: Sequence[int] | None = None,
     ) -> list[Detections]:
-        """Detections per image (HxWx3 uint8 RGB, any sizes), with per-image thresholds."""
+        """Detections per image (HxWx3 uint8 RGB, any sizes), with per-image thresholds
+        and, if given, at most max_detections[i] per image (the best-scoring ones)."""
         preds = _check_thresholds(pred_thresholds, "pred_thresholds", len(images))
         ious = _check_thresholds(iou_thresholds, "iou_thresholds", len(images))
         if len(images) == 0:
             return []
         size = self.config.input_size
         with torch.inference_mode():
-            batch, fits = preprocess(images, size, self.config.mean, self.config.std, self.device, self.dtype)
-            with self._lock:
+            with stage("preprocess"):
+                batch, fits = preprocess(images, size, self.config.mean, self.config.std, self.device, self.dtype)
+            with self._lock, stage("forward"):
                 regression, classification = self.model(batch)
-            return postprocess(regression, classification, self.anchors((size, size)), (size, size), preds, ious, fits)
+            with stage("nms"):
+                anchors = self.anchors((size, size))
+                return postprocess(regression, classification, anchors, (size, size), preds, ious, fits, max_detections)
 
     def warm_up(self) -> None:
         """One forward pass on a dummy image, so the first request is not the slow one."""

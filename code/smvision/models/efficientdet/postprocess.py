@@ -77,11 +77,14 @@ def postprocess(
     pred_thresholds: Sequence[float],
     iou_thresholds: Sequence[float],
     fits: Sequence[Resized],
+    max_detections: Sequence[int] | None = None,
 ) -> list[Detections]:
     """Per image: keep anchors whose best class score > its threshold, NMS per class, rescale.
 
     regression (B, A, 4) and classification (B, A, C) are the model's outputs for a
     batch whose padded input size is input_hw; fits says how each image was resized.
+    max_detections[i], if given, keeps image i's best-scoring detections only (NMS
+    answers best first, so below the cap the detections are zylo117's, unchanged).
     """
     height, width = input_hw
     scores_all, classes_all = classification.float().max(dim=2)
@@ -96,6 +99,8 @@ def postprocess(
         scores = scores_all[i, keep]
         classes = classes_all[i, keep]
         order = batched_nms(boxes, scores, classes, float(iou_thresholds[i]))
+        if max_detections is not None:
+            order = order[: max_detections[i]]
         ratios = torch.tensor(
             [fit.ratio_w, fit.ratio_h, fit.ratio_w, fit.ratio_h], dtype=torch.float32, device=boxes.device
         )

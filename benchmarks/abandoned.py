@@ -1,0 +1,93 @@
+"""How long an abandoned request keeps a worker busy after its 504.
+
+Serves EfficientDet D0 (random weights, photos from a local S3) with a short
+SAGEMAKER_MODEL_SERVER_TIMEOUT, sends one CSV of N lines (far more work than the
+timeout allows), and after its 504 sends one-image requests until one is answered 200.
+Prints the time from the 504 to that answer (the worker's busy time plus one image), and
+the server's own count from its log when it has one.
+
+    python benchmarks/abandoned.py [--lines 1000] [--timeout 6] [--give-up 600]
+                                   [--server-path DIR]
+
+--server-path puts DIR first on the server's PYTHONPATH: a directory holding another
+version's smvision package (its code/smvision with its container/ copied in as
+smvision/container) measures that version with the same archive and requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "demo"))
+from local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process  # noqa: E402
+
+BUCKET = "bench"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lines", type=int, default=1000)
+    parser.add_argument("--timeout", type=float, default=6.0, help="SAGEMAKER_MODEL_SERVER_TIMEOUT")
+    parser.add_argument("--give-up", type=float, default=600.0, help="stop waiting after this many seconds")
+    parser.add_argument("--server-path", help="a directory put first on the server's PYTHONPATH")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, LocalS3() as s3:
+        s3.put(BUCKET, {n: skimage_photo(n).read_bytes() for n in ("rocket.jpg", "coffee.png")})
+        archive = Path(tmp) / "model.tar.gz"
+        subprocess.run([str(BIN / "smvision"), "archive", "build", "efficientdet", "--compound-coef", "0",
+                        "--output", str(archive)], check=True, capture_output=True)
+        model_dir = Path(tmp) / "model"
+        model_dir.mkdir()
+        subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log_path = Path(tmp) / "serve.log"
+        env = {**os.environ, "SMVISION_BIND_HOST": "127.0.0.1", "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(args.timeout),
+               "SMVISION_MAX_RECORDS": str(args.lines)}
+        if args.server_path:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.server_path, env.get("PYTHONPATH")]))
+        with open(log_path, "wb") as log:
+            server = subprocess.Popen([sys.executable, "-m", "smvision.container.serve", "--model-dir", str(model_dir),
+                                       "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                try:
+                    if requests.get(url + "/ping", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.2)
+            else:
+                raise SystemExit("server not ready")
+            body = "\n".join(f"{BUCKET}/rocket.jpg" for _ in range(args.lines))
+            big = requests.post(url + "/invocations", data=body, headers={"Content-Type": "text/csv"}, timeout=args.timeout + 30)
+            answered = time.monotonic()
+            print(f"{args.lines}-line CSV answered {big.status_code} after the {args.timeout:g} s timeout", flush=True)
+            while time.monotonic() - answered < args.give_up:
+                small = requests.post(url + "/invocations", json={"bucket": BUCKET, "key": "coffee.png"},
+                                      timeout=args.timeout + 30)
+                if small.status_code == 200:
+                    break
+            else:
+                print(f"worker still busy {args.give_up:g} s after the 504: gave up")
+                return
+            print(f"first one-image request answered 200 {time.monotonic() - answered:.1f} s after the 504")
+            stopped = re.search(r"has stopped, ([0-9.]+) s past its deadline", log_path.read_text(errors="replace"))
+            if stopped:
+                print(f"server log: the abandoned request stopped {stopped.group(1)} s past its deadline")
+        finally:
+            stop_process(server)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""K worker processes vs 1: requests/s through `smvision serve` with EfficientDet D0.
+
+Three servers on the same archive and photos (from a local S3), measured in alternating
+rounds so load on a shared machine hits them alike:
+
+  1 worker                   threads = cores (the default)
+  K workers                  threads = cores // K each (the default: smvision.threads)
+  K workers, all threads     SMVISION_THREADS=cores in each: the oversubscription the
+                             default avoids (what every worker did before)
+
+Each round sends the same requests from 2*K clients. Prints requests/s per round and the
+median, and the ratios to 1 worker.
+
+    python benchmarks/workers.py [--workers 2] [--requests 16] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "demo"))
+from local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "code"))
+from smvision.threads import cpu_count  # noqa: E402
+
+BUCKET = "bench"
+PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
+
+
+def start(model_dir: Path, workers: int, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [str(BIN / "smvision"), "serve", "--model-dir", str(model_dir), "--port", str(port), "--workers", str(workers)],
+        env={**os.environ, "SMVISION_BIND_HOST": "127.0.0.1", **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(url: str, workers: int, log_path: Path, timeout: float = 600) -> None:
+    """Until /ping is 200 and every worker has loaded its model (said in the log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if (requests.get(url + "/ping", timeout=2).status_code == 200
+                    and log_path.read_text(errors="replace").count("model loaded") >= workers):
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} not ready")
+
+
+def round_rps(url: str, payloads: list[bytes], count: int, clients: int) -> float:
+    sessions = [requests.Session() for _ in range(clients)]
+
+    def one(i: int) -> None:
+        response = sessions[i % clients].post(url + "/invocations", data=payloads[i % len(payloads)],
+                                              headers={"Content-Type": "application/json"}, timeout=120)
+        response.raise_for_status()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(count)))
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=16, help="requests per round and server")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    cores, k = cpu_count(), args.workers
+    payloads = [json.dumps({"bucket": BUCKET, "key": n, "pred_threshold": 0.5}).encode() for n in PHOTOS]
+    configs = [
+        ("1 worker", 1, {}),
+        (f"{k} workers", k, {}),
+        (f"{k} workers, all threads", k, {"SMVISION_THREADS": str(cores)}),
+    ]
+    with tempfile.TemporaryDirectory() as tmp, LocalS3() as s3:
+        s3.put(BUCKET, {n: skimage_photo(n).read_bytes() for n in PHOTOS})
+        archive = Path(tmp) / "model.tar.gz"
+        subprocess.run([str(BIN / "smvision"), "archive", "build", "efficientdet", "--compound-coef", "0",
+                        "--output", str(archive)], check=True, capture_output=True)
+        model_dir = Path(tmp) / "model"
+        model_dir.mkdir()
+        subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
+        servers = []
+        try:
+            for i, (name, workers, env) in enumerate(configs):
+                servers.append(start(model_dir, workers, env, Path(tmp) / f"serve-{i}.log"))
+            for i, ((_, workers, _), (_, url)) in enumerate(zip(configs, servers)):
+                wait_ready(url, workers, Path(tmp) / f"serve-{i}.log")
+            results: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+            for number in range(args.rounds):
+                for (name, _, _), (_, url) in zip(configs, servers):
+                    results[name].append(round_rps(url, payloads, args.requests, 2 * k))
+                print(f"round {number + 1}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in results.items()), flush=True)
+        finally:
+            for process, _ in servers:
+                stop_process(process)
+    print(f"EfficientDet D0, {cores} cores, {2 * k} clients, {args.requests} requests x {args.rounds} rounds")
+    base = statistics.median(results["1 worker"])
+    for name, values in results.items():
+        median = statistics.median(values)
+        print(f"{name:<26} {median:6.2f} requests/s  ({median / base:.2f} x 1 worker)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Hardening, in-process: deadlines reach S3, record caps, CSV parsing, quoting of
+caller values, S3 refusals, manifest paths, the EfficientDet detection cap."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from smvision import inflight
+from smvision.errors import InferenceError
+from smvision.records import parse_request
+
+
+def error_of(fn, *args) -> InferenceError:
+    with pytest.raises(InferenceError) as caught:
+        fn(*args)
+    return caught.value
+
+
+# --------------------------------------------------------------------------- deadlines and S3
+
+
+class Blackhole:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                self.accepted.append(self.sock.accept()[0])
+            except OSError:
+                continue
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+def test_s3_that_never_answers_costs_no_more_than_the_request_deadline(monkeypatch):
+    from smvision.s3 import S3Reader
+
+    hole = Blackhole()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", hole.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    outcome: dict = {}
+
+    def read() -> None:
+        started = time.monotonic()
+        with inflight.request_scope(2.0):
+            try:
+                S3Reader().read("bucket", "key.jpg")
+            except InferenceError as exc:
+                outcome["error"] = exc
+        outcome["seconds"] = time.monotonic() - started
+
+    try:
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        thread.join(15)  # botocore's defaults would hold it 60 s per attempt
+        assert not thread.is_alive(), "the S3 read outlived its request by far"
+    finally:
+        hole.close()
+    assert outcome["seconds"] < 3.0, outcome
+    error = outcome["error"]
+    assert error.status_code in (502, 504)
+    assert "127.0.0.1" not in error.message and "http" not in error.message  # no endpoint URL
+
+
+def test_s3_budget_fits_the_time_left():
+    from smvision.s3 import UNBOUNDED_BUDGET, budget
+
+    assert budget(None) == UNBOUNDED_BUDGET
+    for remaining in (0.7, 1.0, 2.0, 3.9, 5.0, 14.0, 30.0, 60.0, 600.0):
+        connect, read, attempts = budget(remaining)
+        backoff = {1: 0.0, 2: 1.0, 3: 3.0}[attempts]
+        assert attempts * (connect + read) + backoff <= max(remaining, 1.0), remaining
+    assert budget(60.0)[2] == 3 and budget(2.0)[2] == 1
+
+
+def test_a_request_past_its_deadline_reads_nothing_more():
+    from smvision.images import ImageLoader
+    from smvision.records import ImageSource, Record
+
+    class CountingReader:
+        reads = 0
+
+        def read(self, bucket, key, request=None):
+            CountingReader.reads += 1
+            return b""
+
+    loader = ImageLoader(reader=CountingReader())
+    records = [Record(i, ImageSource(bucket="b", key=f"{i}.jpg"), {}) for i in range(20)]
+    with inflight.request_scope(-1.0):
+        error = error_of(lambda: list(loader.batches(records, 4)))
+    assert error.status_code == 504 and "ran out of time" in error.message
+    assert CountingReader.reads == 0
+
+
+# --------------------------------------------------------------------------- records
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("text/csv", "\n".join(f"b/{i}.jpg" for i in range(4)) + "\nnot a reference\n"),
+    ("application/jsonlines", "\n".join(json.dumps({"bucket": "b", "key": f"{i}"}) for i in range(4))),
+    ("application/json", json.dumps([{"bucket": "b", "key": f"{i}"} for i in range(4)])),
+])
+def test_more_records_than_the_cap_is_413_naming_the_setting(monkeypatch, content_type, body):
+    monkeypatch.setenv("SMVISION_MAX_RECORDS", "3")
+    error = error_of(parse_request, body, content_type)
+    assert error.status_code == 413
+    assert "SMVISION_MAX_RECORDS" in error.message and "3" in error.message
+    monkeypatch.setenv("SMVISION_MAX_RECORDS", "4")
+    if content_type == "text/csv":  # the cap was found before the bad 5th line was parsed
+        monkeypatch.setenv("SMVISION_MAX_RECORDS", "5")
+        assert error_of(parse_request, body, content_type).status_code == 400
+    else:
+        assert len(parse_request(body, content_type).records) == 4
+
+
+def test_default_record_cap():
+    body = "\n".join(f"b/{i}.jpg" for i in range(256))
+    assert len(parse_request(body, "text/csv").records) == 256
+    assert error_of(parse_request, body + "\nb/one-more.jpg", "text/csv").status_code == 413
+
+
+def test_csv_quoted_field_with_a_comma_is_one_key():
+    body = '"bucket/a,b.jpg",extra\n"s3://bucket/say ""hi"".png"\nbucket/plain.jpg,1,2\n'
+    keys = [r.source.key for r in parse_request(body, "text/csv").records]
+    assert keys == ["a,b.jpg", 'say "hi".png', "plain.jpg"]
+
+
+def test_handler_refuses_transform_fn_beside_the_other_three(tmp_path):
+    from smvision.container.handler import EntryScriptError, Handler
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "both_fns.py").write_text(
+        "def model_fn(d):\n    return 1\n"
+        "def transform_fn(m, b, c, a):\n    return b\n"
+        "def input_fn(b, c):\n    return b\n"
+    )
+    with pytest.raises(EntryScriptError, match="transform_fn and input_fn"):
+        Handler(str(tmp_path), "both_fns.py").load()
+
+
+def test_messages_quote_caller_values_and_stay_short():
+    from smvision.params import check_known, unit_interval
+
+    key = "pred\r\nINFO forged\x00" + "k" * 1_000_000
+    error = error_of(check_known, {key: 1}, ["pred_threshold"], "record 0")
+    assert "\n" not in error.message and "\x00" not in error.message and "\\r\\n" in error.message
+    assert len(error.message) < 400 and "1,000,018 characters" in error.message
+    error = error_of(unit_interval, "v" * 1_000_000, "pred_threshold", "record 0")
+    assert len(error.message) < 400 and "pred_threshold" in error.message
+    request = parse_request('{"bucket": "b", "key": "a\\r\\nb"}', "application/json")
+    assert request.records[0].label() == "record 0 ('s3://b/a\\r\\nb')"
+    assert request.records[0].source.describe() == "s3://b/a\r\nb"  # results keep the value as sent
+
+
+class FixedS3Error:
+    """An HTTP server on 127.0.0.1 answering every request with one S3 error document."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        body = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
+
+        class Answer(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status, code, message, expected", [
+    (400, "KeyTooLongError", "Your key is too long", 400),
+    (400, "InvalidRequest", "Bad request", 400),
+    (405, "MethodNotAllowed", "The specified method is not allowed", 400),
+    (500, "InternalError", "We encountered an internal error", 502),
+])
+def test_other_s3_refusals_are_the_callers_400_and_s3_faults_502(monkeypatch, status, code, message, expected):
+    from smvision.s3 import S3Reader
+
+    fake = FixedS3Error(status, code, message)
+    for name, value in {"AWS_ENDPOINT_URL_S3": fake.url, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        with inflight.request_scope(5.0):
+            error = error_of(S3Reader().read, "bucket", "k" * 2000)
+    finally:
+        fake.close()
+    assert error.status_code == expected
+    if expected == 400:
+        assert code in error.message and message in error.message
+    assert "127.0.0.1" not in error.message and len(error.message) < 500
+
+
+@pytest.mark.parametrize("entry", ["../outside.txt", "/etc/hostname", "code/../../outside.txt", "link/outside.txt", "..\\\\outside.txt"])
+def test_manifest_entries_outside_the_model_dir_are_refused_unread(tmp_path, monkeypatch, entry):
+    from smvision import manifest as manifest_module
+    from smvision.manifest import ArchiveError, Manifest, read_manifest
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (tmp_path / "outside.txt").write_text("not yours")
+    (model_dir / "link").symlink_to(tmp_path)
+    (model_dir / "manifest.json").write_text(
+        Manifest("efficientdet", {}, None, False, files={entry: "0" * 64}).to_json())
+    hashed = []
+    monkeypatch.setattr(manifest_module, "sha256_of", lambda path: hashed.append(path) or "0" * 64)
+    with pytest.raises(ArchiveError) as caught:
+        read_manifest(model_dir)
+    assert hashed == []  # nothing outside (or inside) was read
+    assert "model dir" in str(caught.value) and "missing" not in str(caught.value)
