@@ -1,0 +1,237 @@
+"""SAM's decoder on ONNX Runtime equals SamPredictor.predict; prompts are checked; masks encode.
+
+A CI-sized SAM built from segment_anything's own classes (fixed seed), real photos at two
+aspect ratios (coffee 400x600 landscape, a 512x300 portrait crop of the astronaut).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from smvision.archive.sam_onnx import export_sam_decoder
+from smvision.errors import InferenceError
+from smvision.models.sam.decoder import SamDecoder
+from smvision.models.sam.masks import encode_masks
+from smvision.models.sam.prompts import MASK_FORMATS, parse_prompts
+from smvision.runtimes.onnx import create_session
+from support import skimage_photo
+
+PHOTOS = {"coffee": ("coffee.png", None), "astronaut": ("astronaut.png", (slice(0, 512), slice(100, 400)))}
+
+
+def ci_sam():
+    """The CI-sized SAM of REFERENCE.md: real classes, 2.1M parameters, fixed seed."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(0)
+    encoder = ImageEncoderViT(
+        img_size=1024, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=14,
+        global_attn_indexes=[1], out_chans=256, qkv_bias=True,
+    )
+    prompt_encoder = PromptEncoder(256, (64, 64), (1024, 1024), 16)
+    decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=64, num_heads=8),
+        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=32,
+    )
+    return Sam(encoder, prompt_encoder, decoder, [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]).eval()
+
+
+@pytest.fixture(scope="module")
+def sam():
+    return ci_sam()
+
+
+@pytest.fixture(scope="module")
+def onnx_path(sam, tmp_path_factory):
+    return export_sam_decoder(sam, tmp_path_factory.mktemp("sam") / "decoder.onnx")
+
+
+@pytest.fixture(scope="module")
+def decoder(onnx_path):
+    return SamDecoder(onnx_path, threads=1)
+
+
+@pytest.fixture(scope="module")
+def predictors(sam):
+    """name -> (SamPredictor with the photo set, embedding, original size)."""
+    from segment_anything import SamPredictor
+
+    out = {}
+    for name, (file, crop) in PHOTOS.items():
+        pixels = np.asarray(Image.open(skimage_photo(file)).convert("RGB"))
+        pixels = np.ascontiguousarray(pixels[crop] if crop else pixels)
+        predictor = SamPredictor(sam)
+        predictor.set_image(pixels)
+        out[name] = (predictor, predictor.get_image_embedding().numpy(), pixels.shape[:2])
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def low_res_npy(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    np.save(buffer, array.astype(np.float32))
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def prompt_cases(height: int, width: int) -> dict[str, dict]:
+    point, background = [width * 0.45, height * 0.55], [width * 0.1, height * 0.2]
+    box = [width * 0.2, height * 0.25, width * 0.8, height * 0.9]
+    return {
+        "point": {"points": [point], "labels": [1]},
+        "points-single": {"points": [point, background], "labels": [1, 0], "multimask_output": False},
+        "box": {"box": box, "multimask_output": False},
+        "box-multi": {"box": box},
+        "both": {"points": [point], "labels": [0], "box": box},
+        "edge-point": {"points": [[width, height]], "labels": [1], "multimask_output": False},
+    }
+
+
+@pytest.mark.parametrize("photo", list(PHOTOS))
+def test_masks_equal_sam_predictor(decoder, predictors, photo):
+    predictor, embedding, size = predictors[photo]
+    for case, params in prompt_cases(*size).items():
+        prompts = parse_prompts(params, size, case)
+        result = decoder.decode(embedding, size, prompts)
+        masks, scores, low_res = predictor.predict(
+            prompts.points, prompts.labels, prompts.box, None, prompts.multimask_output
+        )
+        assert result.masks.shape == masks.shape == (3 if prompts.multimask_output else 1, *size), case
+        assert result.masks.dtype == bool
+        assert 0 < masks.mean() < 1, f"{case}: a trivial mask proves nothing"
+        for ours, theirs in zip(result.masks, masks):
+            assert iou(ours, theirs) >= 0.99, case
+        np.testing.assert_allclose(result.scores, scores, atol=1e-4, err_msg=case)
+        np.testing.assert_allclose(result.low_res_logits, low_res, atol=1e-3, err_msg=case)
+
+
+@pytest.mark.parametrize("photo", list(PHOTOS))
+def test_mask_input_refines_like_sam_predictor(decoder, predictors, photo):
+    predictor, embedding, size = predictors[photo]
+    first = decoder.decode(embedding, size, parse_prompts(prompt_cases(*size)["point"], size, "round 1"))
+    best = first.low_res_logits[int(np.argmax(first.scores))]
+    params = {**prompt_cases(*size)["points-single"], "mask_input": low_res_npy(best[None])}
+    prompts = parse_prompts(params, size, "round 2")
+    result = decoder.decode(embedding, size, prompts)
+    masks, scores, _ = predictor.predict(prompts.points, prompts.labels, None, best[None], False)
+    without = decoder.decode(embedding, size, parse_prompts(prompt_cases(*size)["points-single"], size, "plain"))
+    assert iou(result.masks[0], masks[0]) >= 0.99
+    np.testing.assert_allclose(result.scores, scores, atol=1e-4)
+    assert iou(result.masks[0], without.masks[0]) < 0.999, "mask_input was ignored"
+
+
+def test_export_with_upsampling_is_right_at_every_aspect_ratio(sam, predictors, tmp_path):
+    """The upstream graph (masks at orig_im_size), traced at 1500x2250, at other sizes."""
+    session = create_session(export_sam_decoder(sam, tmp_path / "up.onnx", upsample=True), threads=1)
+    decoder = SamDecoder(tmp_path / "up.onnx", threads=1)
+    for photo, (predictor, embedding, size) in predictors.items():
+        prompts = parse_prompts(prompt_cases(*size)["point"], size, photo)
+        (logits,) = session.run(["masks"], decoder.feed(embedding, size, prompts))
+        masks, _, _ = predictor.predict(prompts.points, prompts.labels, None, None, True)
+        assert logits.shape == (1, 4, *size)
+        for ours, theirs in zip(logits[0, 1:] > 0, masks):
+            assert iou(ours, theirs) >= 0.99, photo
+
+
+def test_quantized_export_is_smaller_and_close(sam, onnx_path, predictors, tmp_path):
+    quantized = export_sam_decoder(sam, tmp_path / "int8.onnx", quantize=True)
+    assert quantized.stat().st_size < 0.6 * onnx_path.stat().st_size
+    predictor, embedding, size = predictors["coffee"]
+    prompts = parse_prompts(prompt_cases(*size)["box"], size, "box")
+    result = SamDecoder(quantized, threads=1).decode(embedding, size, prompts)
+    masks, _, _ = predictor.predict(None, None, prompts.box, None, False)
+    assert iou(result.masks[0], masks[0]) >= 0.95
+
+
+BAD = [
+    ({}, "no prompt"),
+    ({"points": [[10, 10]]}, "need 'labels'"),
+    ({"labels": [1]}, "without 'points'"),
+    ({"points": [[10, 10], [20, 20]], "labels": [1]}, "1 labels for 2 points"),
+    ({"points": [[10, 10]], "labels": [2]}, "1 (foreground) or 0"),
+    ({"points": [[10, 10]], "labels": [True]}, "1 (foreground) or 0"),
+    ({"points": [[700, 10]], "labels": [1]}, "outside the image"),
+    ({"points": [[10, -1]], "labels": [1]}, "outside the image"),
+    ({"points": [[10, "a"]], "labels": [1]}, "must be numbers"),
+    ({"points": [[10, float("nan")]], "labels": [1]}, "finite"),
+    ({"points": [10, 10], "labels": [1]}, "[x, y] pairs"),
+    ({"points": [], "labels": []}, "non-empty"),
+    ({"box": [50, 10, 40, 20]}, "x2 >= x1"),
+    ({"box": [10, 50, 40, 20]}, "y2 >= y1"),
+    ({"box": [10, 10, 40]}, "[x1, y1, x2, y2]"),
+    ({"box": [10, 10, 40, 500]}, "outside the image"),
+    ({"box": [10, 10, 40, 50], "mask_format": "jpeg"}, "mask_format must be one of"),
+    ({"box": [10, 10, 40, 50], "multimask_output": "yes"}, "multimask_output must be true or false"),
+    ({"box": [10, 10, 40, 50], "return_logits": 1}, "return_logits must be true or false"),
+    ({"box": [10, 10, 40, 50], "mask_input": "not base64!"}, "not base64 .npy"),
+    ({"box": [10, 10, 40, 50], "mask_input": low_res_npy(np.zeros((1, 64, 64)))}, "shape (1, 256, 256)"),
+    ({"box": [10, 10, 40, 50], "mask_input": low_res_npy(np.full((256, 256), np.nan))}, "NaN"),
+]
+
+
+@pytest.mark.parametrize("params,message", BAD, ids=[m for _, m in BAD])
+def test_bad_prompts_are_400s_that_say_what(params, message):
+    with pytest.raises(InferenceError) as raised:
+        parse_prompts(params, (400, 600), "record 0")
+    assert raised.value.status == 400
+    assert message in raised.value.message and "record 0" in raised.value.message
+
+
+def test_prompt_defaults_and_mask_input_shapes():
+    prompts = parse_prompts({"points": [[600, 400]], "labels": [1]}, (400, 600), "r")
+    assert (prompts.multimask_output, prompts.mask_format, prompts.return_logits) == (True, "rle", False)
+    assert prompts.box is None and prompts.mask_input is None
+    for shape in ((256, 256), (1, 256, 256), (1, 1, 256, 256)):
+        given = np.random.default_rng(0).normal(size=shape).astype(np.float16)
+        parsed = parse_prompts({"box": [0, 0, 5, 5], "mask_input": low_res_npy(given)}, (400, 600), "r").mask_input
+        assert parsed.shape == (1, 1, 256, 256) and parsed.dtype == np.float32
+        np.testing.assert_array_equal(parsed.ravel(), given.astype(np.float32).ravel())
+
+
+@pytest.fixture(scope="module")
+def real_masks(decoder, predictors):
+    _, embedding, size = predictors["coffee"]
+    return decoder.decode(embedding, size, parse_prompts(prompt_cases(*size)["point"], size, "r")).masks
+
+
+def test_every_mask_format_round_trips(real_masks):
+    import cv2
+    from pycocotools import mask as mask_utils
+
+    assert set(MASK_FORMATS) == {"rle", "png", "polygon", "npy"}
+    height, width = real_masks.shape[1:]
+    for mask, encoded in zip(real_masks, encode_masks(real_masks, "rle")):
+        assert encoded["size"] == [height, width] and isinstance(encoded["counts"], str)
+        np.testing.assert_array_equal(mask_utils.decode(encoded).astype(bool), mask)
+    for mask, encoded in zip(real_masks, encode_masks(real_masks, "png")):
+        image = Image.open(io.BytesIO(base64.b64decode(encoded)))
+        assert image.format == "PNG" and image.mode == "1"
+        np.testing.assert_array_equal(np.asarray(image), mask)
+    for mask, encoded in zip(real_masks, encode_masks(real_masks, "npy")):
+        np.testing.assert_array_equal(np.load(io.BytesIO(base64.b64decode(encoded))), mask)
+    for mask, rings in zip(real_masks, encode_masks(real_masks, "polygon")):
+        assert rings and all(len(point) == 2 for ring in rings for point in ring)
+        canvas = np.zeros(mask.shape, np.uint8)
+        cv2.fillPoly(canvas, [np.array(ring, np.int32) for ring in rings], 1)
+        np.testing.assert_array_equal(canvas.astype(bool), mask)
+
+
+def test_rle_of_a_transposed_view_is_right(real_masks):
+    """Masks stored column by column (what a fast decoder gives) encode the same."""
+    from pycocotools import mask as mask_utils
+
+    columns = np.ascontiguousarray(real_masks.transpose(0, 2, 1)).transpose(0, 2, 1)
+    assert not columns.flags.c_contiguous
+    assert encode_masks(columns, "rle") == encode_masks(real_masks, "rle")
+    assert mask_utils.decode(encode_masks(columns, "rle")[0]).astype(bool).tolist() == real_masks[0].tolist()
