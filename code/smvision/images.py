@@ -1,13 +1,20 @@
 """Image bytes -> RGB arrays: EXIF orientation applied, pixel count limited.
 
-The ImageLoader fetches a batch of records' images concurrently (S3 reads release the
-GIL) and decodes them, naming the record in every error.
+Fetching and decoding are separate steps. fetch() gives a record's bytes and their
+identity (the S3 object and its ETag, or a content hash for inline bytes); identify()
+gives the identity alone (an S3 HEAD, no body), so a cache keyed by it skips both
+fetching and decoding on a hit. The ImageLoader fetches a batch of records' images
+concurrently (S3 reads release the GIL) and decodes them, naming the record in every
+error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -15,7 +22,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from smvision.errors import InferenceError, bad_request, too_large
 from smvision.params import env_int
-from smvision.records import Record
+from smvision.records import ImageSource, Record, require_image
 from smvision.s3 import S3Reader, allowed_buckets_from_env
 
 MAX_PIXELS_ENV = "SMVISION_MAX_IMAGE_PIXELS"
@@ -49,6 +56,24 @@ def decode_image(data: bytes, where: str, max_pixels: int = DEFAULT_MAX_PIXELS) 
         raise bad_request(f"{where} is a damaged or truncated image: {exc}") from None
 
 
+@dataclass(frozen=True)
+class FetchedImage:
+    """A record's image bytes, not yet decoded, and what identifies them."""
+
+    data: bytes = field(repr=False)
+    identity: str  # s3://bucket/key#etag, or sha256:<hex> for inline bytes
+
+
+def content_identity(data: bytes) -> str:
+    """The identity of inline bytes: their sha256."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def s3_identity(bucket: str, key: str, etag: str) -> str:
+    """The identity of an S3 object's current version: its URI and ETag."""
+    return f"s3://{bucket}/{key}#{etag.strip(chr(34))}"
+
+
 class ImageLoader:
     """Fetches and decodes the images of a batch of records, concurrently."""
 
@@ -59,14 +84,28 @@ class ImageLoader:
 
     def load(self, record: Record) -> np.ndarray:
         """One record's image as HxWx3 uint8 RGB; errors name the record."""
-        source = record.source
-        data = source.data
-        if data is None:
-            try:
-                data = self.reader.read(source.bucket, source.key)
-            except InferenceError as exc:
-                raise InferenceError(exc.status_code, f"record {record.index}: {exc.message}") from None
-        return decode_image(data, record.label(), self.max_pixels)
+        return self.decode(record, self.fetch(record))
+
+    def fetch(self, record: Record) -> FetchedImage:
+        """The record's image bytes (read from S3, or inline) and their identity."""
+        source = require_image(record)
+        if source.data is not None:
+            return FetchedImage(source.data, content_identity(source.data))
+        with _naming(record):
+            found = self.reader.get(source.bucket, source.key)
+        return FetchedImage(found.data, s3_identity(source.bucket, source.key, found.etag))
+
+    def identify(self, record: Record) -> str:
+        """The identity fetch() would give, without reading an S3 object's body (HEAD)."""
+        source: ImageSource = require_image(record)
+        if source.data is not None:
+            return content_identity(source.data)
+        with _naming(record):
+            return s3_identity(source.bucket, source.key, self.reader.etag(source.bucket, source.key))
+
+    def decode(self, record: Record, fetched: FetchedImage) -> np.ndarray:
+        """Fetched bytes -> HxWx3 uint8 RGB (EXIF applied, pixels limited); errors name the record."""
+        return decode_image(fetched.data, record.label(), self.max_pixels)
 
     def batches(self, records: Sequence[Record], batch_size: int) -> Iterator[tuple[list[Record], list[np.ndarray]]]:
         """(records, images) in batches of batch_size, in order, fetching the next batch
@@ -84,3 +123,12 @@ class ImageLoader:
                     future.cancel()
                 raise
             yield chunk, images
+
+
+@contextlib.contextmanager
+def _naming(record: Record) -> Iterator[None]:
+    """Prefix S3 errors with the record they concern."""
+    try:
+        yield
+    except InferenceError as exc:
+        raise InferenceError(exc.status_code, f"record {record.index}: {exc.message}") from None

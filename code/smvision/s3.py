@@ -6,8 +6,11 @@ MinIO or a local moto server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from dataclasses import dataclass, field
+from typing import Iterator
 
 from smvision.errors import InferenceError, bad_request, not_found, too_large
 
@@ -45,6 +48,32 @@ class S3Reader:
 
     def read(self, bucket: str, key: str) -> bytes:
         """The object's bytes; 403 outside the allowlist, 404 if absent, 413 if too big."""
+        return self.get(bucket, key).data
+
+    def get(self, bucket: str, key: str) -> S3Object:
+        """The object's bytes and ETag; errors as read()."""
+        uri = f"s3://{bucket}/{key}"
+        with self._errors(bucket, key, "read"):
+            response = self.client.get_object(Bucket=bucket, Key=key)
+            size = response.get("ContentLength") or 0
+            if size > self.max_bytes:
+                response["Body"].close()
+                raise too_large(f"{uri} is {size:,} bytes; the limit is {self.max_bytes:,}")
+            return S3Object(response["Body"].read(), response.get("ETag", ""))
+
+    def etag(self, bucket: str, key: str) -> str:
+        """The object's ETag from a HEAD request (no body read); errors as read()."""
+        with self._errors(bucket, key, "read"):
+            return self.client.head_object(Bucket=bucket, Key=key).get("ETag", "")
+
+    def put(self, bucket: str, key: str, data: bytes) -> str:
+        """Write an object (same allowlist as reads); returns its ETag."""
+        with self._errors(bucket, key, "write"):
+            return self.client.put_object(Bucket=bucket, Key=key, Body=data).get("ETag", "")
+
+    @contextlib.contextmanager
+    def _errors(self, bucket: str, key: str, verb: str) -> Iterator[None]:
+        """Check the allowlist, then turn boto errors into 4xx/502 InferenceErrors."""
         uri = f"s3://{bucket}/{key}"
         if self.allowed_buckets is not None and bucket not in self.allowed_buckets:
             raise InferenceError(
@@ -53,18 +82,21 @@ class S3Reader:
         from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
         try:
-            response = self.client.get_object(Bucket=bucket, Key=key)
-            size = response.get("ContentLength") or 0
-            if size > self.max_bytes:
-                response["Body"].close()
-                raise too_large(f"{uri} is {size:,} bytes; the limit is {self.max_bytes:,}")
-            return response["Body"].read()
+            yield
         except ParamValidationError as exc:
             raise bad_request(f"{uri} is not a valid S3 reference: {exc}") from None
         except ClientError as exc:
             raise _client_error(exc, bucket, key) from None
         except BotoCoreError as exc:
-            raise InferenceError(502, f"could not read {uri}: {exc}") from None
+            raise InferenceError(502, f"could not {verb} {uri}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class S3Object:
+    """An object's bytes and its ETag (which changes whenever the object does)."""
+
+    data: bytes = field(repr=False)
+    etag: str
 
 
 def _client_error(exc, bucket: str, key: str) -> InferenceError:
