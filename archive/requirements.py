@@ -16,8 +16,14 @@ KIND_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "efficientdet": ("efficientnet_pytorch==0.7.1",),
     # segment_anything's modules (the image encoder) and ResizeLongestSide
     "sam-encode": ("segment-anything==1.0",),
-    # ONNX Runtime for the decoder; pycocotools for RLE masks, OpenCV for polygons
-    "sam-decode": ("onnxruntime==1.31.1", "pycocotools==2.0.11", "opencv-python-headless==5.0.0.93"),
+    # ONNX Runtime for the decoder, ResizeLongestSide for prompt coordinates;
+    # pycocotools for RLE masks, OpenCV for polygons
+    "sam-decode": (
+        "onnxruntime==1.31.1",
+        "segment-anything==1.0",
+        "pycocotools==2.0.11",
+        "opencv-python-headless==5.0.0.93",
+    ),
     "sam": (
         "segment-anything==1.0",
         "onnxruntime==1.31.1",
