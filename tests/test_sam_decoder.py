@@ -235,3 +235,28 @@ def test_rle_of_a_transposed_view_is_right(real_masks):
     assert not columns.flags.c_contiguous
     assert encode_masks(columns, "rle") == encode_masks(real_masks, "rle")
     assert mask_utils.decode(encode_masks(columns, "rle")[0]).astype(bool).tolist() == real_masks[0].tolist()
+
+
+@pytest.mark.parametrize("original_size", [(2000, 300), (300, 2000), (100, 37), (1, 50), (700, 1), (1024, 1024), (333, 1024)])
+def test_mask_runs_equal_dense_upscaling(original_size):
+    """Run lengths straight from low-res logits = Sam.postprocess_masks(...) > 0, any size."""
+    import cv2
+    from torch.nn import functional as F
+
+    from smvision.models.sam.decoder import input_size, mask_runs
+
+    rng = np.random.default_rng(sum(original_size))
+    blobs = [cv2.GaussianBlur(rng.normal(size=(256, 256)).astype(np.float32), (0, 0), s) for s in (3, 8, 20)]
+    low_res = np.ascontiguousarray(np.stack(blobs) * 30 - 0.05, dtype=np.float32)
+    size = input_size(original_size)
+    logits = F.interpolate(torch.from_numpy(low_res)[None], (1024, 1024), mode="bilinear", align_corners=False)
+    logits = F.interpolate(logits[..., : size[0], : size[1]], original_size, mode="bilinear", align_corners=False)
+    expected = (logits[0] > 0).numpy()
+    runs = mask_runs(low_res, size, original_size)
+    assert len(runs) == 3 and runs.size == original_size
+    for counts, want in zip(runs.counts, expected):
+        assert counts.sum() == want.size and (counts[1:] > 0).all(), "runs must tile the mask"
+    assert runs.dense.shape == expected.shape
+    differ = (runs.dense != expected).sum(axis=(1, 2))
+    assert (differ <= 2 + expected[0].size // 100_000).all(), differ  # float rounding at edges only
+    assert 0 < expected.mean() < 1

@@ -6,12 +6,18 @@
 - polygon: the outlines as lists of [x, y] rings (OpenCV contours; outer outlines and
   the outlines of holes, so an even-odd fill gives the mask back).
 - npy: base64 .npy of the (H, W) bool mask.
+
+Masks come either as a bool array (K, H, W) or as MaskRuns (COCO run lengths, what
+SamDecoder produces without ever making a full-size array): RLE is then only compressed,
+the other formats decode the runs once (pycocotools, column-major, no copy after).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 import numpy as np
@@ -19,8 +25,47 @@ import numpy as np
 MaskEncoder = Callable[[np.ndarray], list]
 
 
-def encode_masks(masks: np.ndarray, mask_format: str) -> list:
-    """One encoded mask per mask in masks (bool, (K, H, W)), in mask_format."""
+@dataclass(frozen=True, eq=False)
+class MaskRuns:
+    """K masks of size (H, W) as COCO run lengths: column-major, the first run is of
+    zeros (maybe empty), runs alternate, each mask's runs sum to H * W."""
+
+    size: tuple[int, int]
+    counts: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def rle(self) -> list[dict[str, Any]]:
+        """COCO compressed RLE per mask (the string pycocotools.mask.decode reads)."""
+        from pycocotools import mask as mask_utils
+
+        height, width = self.size
+        return [
+            {"size": [height, width], "counts": mask_utils.frPyObjects(
+                {"size": [height, width], "counts": counts}, height, width)["counts"].decode("ascii")}
+            for counts in self.counts
+        ]
+
+    @cached_property
+    def dense(self) -> np.ndarray:
+        """(K, H, W) bool, a transposed view of column-major memory (no copy)."""
+        from pycocotools import mask as mask_utils
+
+        height, width = self.size
+        if not self.counts:
+            return np.zeros((0, height, width), dtype=bool)
+        objects = [{"size": [height, width], "counts": counts} for counts in self.counts]
+        stacked = mask_utils.decode(mask_utils.frPyObjects(objects, height, width))  # (H, W, K) Fortran
+        return stacked.view(bool).transpose(2, 0, 1)
+
+
+def encode_masks(masks: np.ndarray | MaskRuns, mask_format: str) -> list:
+    """One encoded mask per mask in masks (bool (K, H, W), or MaskRuns), in mask_format."""
+    if isinstance(masks, MaskRuns):
+        if mask_format == "rle":
+            return masks.rle()
+        masks = masks.dense
     return ENCODERS[mask_format](masks)
 
 
