@@ -163,7 +163,7 @@ class SamDecodeModel:
         results = []
         for (record, size, prompts), embedding in zip(checked, embeddings):
             check_deadline(f"before decoding record {record.index}")
-            with stage("decode"):
+            with stage("mask_decoder"):
                 result = self.decoder.decode(embedding, size, prompts)
             results.append(answer(result, prompts, size))
         return results
