@@ -146,7 +146,7 @@ def test_export_with_upsampling_is_right_at_every_aspect_ratio(sam, predictors, 
 
 def test_quantized_export_is_smaller_and_close(sam, onnx_path, predictors, tmp_path):
     quantized = export_sam_decoder(sam, tmp_path / "int8.onnx", quantize=True)
-    assert quantized.stat().st_size < 0.6 * onnx_path.stat().st_size
+    assert quantized.stat().st_size < 0.7 * onnx_path.stat().st_size  # int8 weights; the 4 MB image_pe stays
     predictor, embedding, size = predictors["coffee"]
     prompts = parse_prompts(prompt_cases(*size)["box"], size, "box")
     result = SamDecoder(quantized, threads=1).decode(embedding, size, prompts)
