@@ -243,7 +243,9 @@ def test_mask_runs_equal_dense_upscaling(original_size):
     import cv2
     from torch.nn import functional as F
 
-    from smvision.models.sam.decoder import input_size, mask_runs
+    from pycocotools import mask as mask_utils
+
+    from smvision.models.sam.decoder import dense_mask_runs, input_size, mask_runs
 
     rng = np.random.default_rng(sum(original_size))
     blobs = [cv2.GaussianBlur(rng.normal(size=(256, 256)).astype(np.float32), (0, 0), s) for s in (3, 8, 20)]
@@ -252,11 +254,30 @@ def test_mask_runs_equal_dense_upscaling(original_size):
     logits = F.interpolate(torch.from_numpy(low_res)[None], (1024, 1024), mode="bilinear", align_corners=False)
     logits = F.interpolate(logits[..., : size[0], : size[1]], original_size, mode="bilinear", align_corners=False)
     expected = (logits[0] > 0).numpy()
-    runs = mask_runs(low_res, size, original_size)
-    assert len(runs) == 3 and runs.size == original_size
-    for counts, want in zip(runs.counts, expected):
-        assert counts.sum() == want.size and (counts[1:] > 0).all(), "runs must tile the mask"
-    assert runs.dense.shape == expected.shape
-    differ = (runs.dense != expected).sum(axis=(1, 2))
-    assert (differ <= 2 + expected[0].size // 100_000).all(), differ  # float rounding at edges only
     assert 0 < expected.mean() < 1
+    for runs in (mask_runs(low_res, size, original_size), dense_mask_runs(low_res, size, original_size)):
+        assert len(runs) == 3 and runs.size == original_size
+        assert runs.dense.shape == expected.shape
+        for rle, mask in zip(runs.rle(), runs.dense):
+            assert rle["size"] == list(original_size)
+            np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), mask)
+        differ = (runs.dense != expected).sum(axis=(1, 2))
+        assert (differ <= 2 + expected[0].size // 100_000).all(), differ  # float rounding at edges only
+
+
+def test_salt_and_pepper_masks_take_the_dense_path(monkeypatch):
+    """Random-weight decoders give masks with an edge at every other pixel: same answer,
+    through dense_mask_runs."""
+    from smvision.models.sam import decoder as decoder_module
+
+    low_res = np.random.default_rng(0).normal(size=(3, 256, 256)).astype(np.float32)
+    size, original_size = decoder_module.input_size((300, 450)), (300, 450)
+    calls = []
+    dense = decoder_module.dense_mask_runs
+    monkeypatch.setattr(decoder_module, "dense_mask_runs", lambda *a: calls.append(a) or dense(*a))
+    runs = decoder_module.mask_runs(low_res, size, original_size)
+    assert calls, "expected the dense path"
+    monkeypatch.setattr(decoder_module, "DENSE_ABOVE", 1)  # never dense
+    sparse = decoder_module.mask_runs(low_res, size, original_size)
+    assert len(calls) == 1
+    assert (sparse.dense != runs.dense).sum() <= 5

@@ -128,6 +128,8 @@ def mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[i
     # Every output column x that reads columns j..j + 2 (start[x] == j).
     first_x = np.searchsorted(start, j_idx, side="left")
     repeats = np.searchsorted(start, j_idx, side="right") - first_x
+    if repeats.sum() > count * height * width // DENSE_ABOVE:  # salt-and-pepper masks
+        return dense_mask_runs(low_res, size, original_size)
     cell = np.repeat(np.arange(len(j_idx)), repeats)
     x_idx = first_x[cell] + np.arange(len(cell)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
     k_idx, l_idx = k_idx[cell], l_idx[cell]
@@ -168,10 +170,26 @@ def mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[i
     for k in range(count):
         local = toggles[bounds[k] : bounds[k + 1]] - k * size_each
         counts.append(np.diff(local, prepend=0, append=size_each).astype(np.uint32))
-    return MaskRuns(size=(height, width), counts=counts)
+    return MaskRuns.from_counts((height, width), counts)
+
+
+def dense_mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[int, int]) -> MaskRuns:
+    """mask_runs the plain way (full-size logits, thresholded, column by column), for masks
+    with so many edges that interpolating only at the edges costs more."""
+    import cv2
+
+    h, w = size
+    height, width = original_size
+    columns = np.empty((low_res.shape[0], width, height), dtype=bool)
+    for k, logits in enumerate(low_res):  # transposed, so each mask comes out column-major
+        wide = cv2.resize(np.ascontiguousarray(logits.T), (IMG_SIZE, IMG_SIZE), interpolation=cv2.INTER_LINEAR)
+        full = cv2.resize(wide[:w, :h], (height, width), interpolation=cv2.INTER_LINEAR)
+        np.greater(full, MASK_THRESHOLD, out=columns[k])
+    return MaskRuns.from_columns(columns)
 
 
 TAPS = 3
+DENSE_ABOVE = 80  # more than one edge sample per 80 output pixels: dense_mask_runs is cheaper (measured)
 
 
 @lru_cache(maxsize=64)

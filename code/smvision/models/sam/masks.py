@@ -27,37 +27,46 @@ MaskEncoder = Callable[[np.ndarray], list]
 
 @dataclass(frozen=True, eq=False)
 class MaskRuns:
-    """K masks of size (H, W) as COCO run lengths: column-major, the first run is of
-    zeros (maybe empty), runs alternate, each mask's runs sum to H * W."""
+    """K masks of size (H, W) as pycocotools compressed RLE objects ({"size": [H, W],
+    "counts": bytes}): column-major run lengths, the first of zeros."""
 
     size: tuple[int, int]
-    counts: list[np.ndarray]
+    rles: list[dict[str, Any]]
 
-    def __len__(self) -> int:
-        return len(self.counts)
-
-    def rle(self) -> list[dict[str, Any]]:
-        """COCO compressed RLE per mask (the string pycocotools.mask.decode reads)."""
+    @classmethod
+    def from_counts(cls, size: tuple[int, int], counts: list[np.ndarray]) -> "MaskRuns":
+        """From uncompressed run lengths per mask (each summing to H * W)."""
         from pycocotools import mask as mask_utils
 
+        height, width = size
+        objects = [{"size": [height, width], "counts": c} for c in counts]
+        return cls(size, mask_utils.frPyObjects(objects, height, width) if objects else [])
+
+    @classmethod
+    def from_columns(cls, columns: np.ndarray) -> "MaskRuns":
+        """From bool masks stored column by column: (K, W, H) C-contiguous, i.e. the
+        (H, W, K) Fortran-order array pycocotools encodes, without a copy."""
+        from pycocotools import mask as mask_utils
+
+        count, width, height = columns.shape
+        return cls((height, width), mask_utils.encode(columns.view(np.uint8).transpose(2, 1, 0)) if count else [])
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def rle(self) -> list[dict[str, Any]]:
+        """COCO RLE per mask with the counts as a str (JSON-ready)."""
         height, width = self.size
-        return [
-            {"size": [height, width], "counts": mask_utils.frPyObjects(
-                {"size": [height, width], "counts": counts}, height, width)["counts"].decode("ascii")}
-            for counts in self.counts
-        ]
+        return [{"size": [height, width], "counts": r["counts"].decode("ascii")} for r in self.rles]
 
     @cached_property
     def dense(self) -> np.ndarray:
         """(K, H, W) bool, a transposed view of column-major memory (no copy)."""
         from pycocotools import mask as mask_utils
 
-        height, width = self.size
-        if not self.counts:
-            return np.zeros((0, height, width), dtype=bool)
-        objects = [{"size": [height, width], "counts": counts} for counts in self.counts]
-        stacked = mask_utils.decode(mask_utils.frPyObjects(objects, height, width))  # (H, W, K) Fortran
-        return stacked.view(bool).transpose(2, 0, 1)
+        if not self.rles:
+            return np.zeros((0, *self.size), dtype=bool)
+        return mask_utils.decode(self.rles).view(bool).transpose(2, 0, 1)  # decode gives (H, W, K) Fortran
 
 
 def encode_masks(masks: np.ndarray | MaskRuns, mask_format: str) -> list:

@@ -1,0 +1,205 @@
+"""SAM decode, one point at 1500x2250: the upstream ONNX recipe vs ours, in one run.
+
+- upstream: segment_anything's SamOnnxModel exported with the slicing fix, onnxruntime on
+  2 threads, four masks upsampled in the graph to 1024 and then to the original size,
+  thresholded in numpy (the bare onnxruntime call: no HTTP, no encoding).
+- ours in-process: SamDecoder.decode (the sam-decode archive's .onnx) + RLE of the three
+  multimask masks (encode_masks(result.runs, "rle")).
+- ours over HTTP: `smvision serve` with the sam-decode archive, one JSON request with
+  the embedding inline (base64 .npy), one point, mask_format rle; timed from send to the
+  last byte of the answer.
+
+The decoder is the same 4.06M parameters for every model type: vit_b's, random weights
+from a fixed seed (the archive is built with the same seed, so all paths share weights).
+The embedding is a real photo (skimage coffee, 400x600, upscaled to 1500x2250) through
+the CI-sized encoder. The paths alternate call by call (order rotating each round) so
+machine load hits them alike; the masks of all paths are compared (IoU).
+
+    python benchmarks/sam_decode.py [--rounds 40] [--no-http] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support import Server, skimage_photo  # noqa: E402
+
+HEIGHT, WIDTH = 1500, 2250
+POINT = [1125.0, 750.0]
+SEED = 0
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    """(p50, p95) in milliseconds (statistics.quantiles, inclusive)."""
+    cuts = statistics.quantiles(seconds, n=20, method="inclusive")
+    return statistics.median(seconds) * 1000, cuts[18] * 1000
+
+
+def photo_embedding() -> np.ndarray:
+    """(1, 256, 64, 64) float32: coffee.png at 1500x2250 through the CI-sized encoder."""
+    import torch
+    from PIL import Image
+    from segment_anything import SamPredictor
+
+    from smvision.models.sam.build import build_sam, sam_config
+
+    pixels = np.asarray(Image.open(skimage_photo("coffee.png")).convert("RGB").resize((WIDTH, HEIGHT), Image.BILINEAR))
+    torch.manual_seed(SEED)
+    predictor = SamPredictor(build_sam(sam_config("vit_tiny_test")))
+    predictor.set_image(pixels)
+    return predictor.get_image_embedding().numpy()
+
+
+def build(model_type: str, workdir: Path) -> tuple[Path, Path]:
+    """(the upstream graph .onnx, the unpacked sam-decode archive), same random weights."""
+    import torch
+
+    from smvision.archive.sam import build_sam_archive
+    from smvision.archive.sam_onnx import export_sam_decoder
+    from smvision.models.sam.build import build_sam, sam_config
+
+    torch.manual_seed(SEED)
+    upstream = export_sam_decoder(build_sam(sam_config(model_type)), workdir / "upstream.onnx", upsample=True)
+    archive = build_sam_archive(workdir / "model.tar.gz", "sam-decode", model_type, seed=SEED)
+    model_dir = workdir / "model"
+    with tarfile.open(archive) as tar:
+        tar.extractall(model_dir, filter="data")
+    return upstream, model_dir
+
+
+def upstream_session(path: Path, threads: int):
+    """The recipe's session: default options, `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def upstream_feed(embedding: np.ndarray) -> dict[str, np.ndarray]:
+    """One point plus the (0, 0) / -1 padding point, coordinates resized to 1024."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    coords = ResizeLongestSide(1024).apply_coords(np.array([POINT, [0.0, 0.0]]), (HEIGHT, WIDTH))
+    return {
+        "image_embeddings": embedding,
+        "point_coords": coords[None].astype(np.float32),
+        "point_labels": np.array([[1.0, -1.0]], dtype=np.float32),
+        "mask_input": np.zeros((1, 1, 256, 256), dtype=np.float32),
+        "has_mask_input": np.zeros(1, dtype=np.float32),
+        "orig_im_size": np.array([HEIGHT, WIDTH], dtype=np.float32),
+    }
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def timed(call: Callable[[], object]) -> Callable[[], float]:
+    def run() -> float:
+        started = time.perf_counter()
+        call()
+        return time.perf_counter() - started
+
+    return run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model-type", default="vit_b")
+    parser.add_argument("--no-http", action="store_true", help="skip the server (in-process only)")
+    args = parser.parse_args()
+
+    from pycocotools import mask as mask_utils
+
+    from smvision.models.sam.decoder import SamDecoder
+    from smvision.models.sam.masks import encode_masks
+    from smvision.models.sam.prompts import parse_prompts
+
+    workdir = Path(tempfile.mkdtemp(prefix="sam-decode-bench-"))
+    print(f"building the {args.model_type} decoder (random weights, seed {SEED}) and the embedding ...", flush=True)
+    upstream_path, model_dir = build(args.model_type, workdir)
+    embedding = photo_embedding()
+    session = upstream_session(upstream_path, args.threads)
+    feed = upstream_feed(embedding)
+    decoder = SamDecoder(next(model_dir.glob("**/*.onnx")), threads=args.threads)
+    params = {"points": [POINT], "labels": [1], "mask_format": "rle"}
+    prompts = parse_prompts(params, (HEIGHT, WIDTH), "bench")
+
+    def run_upstream() -> np.ndarray:
+        logits, _, _ = session.run(None, feed)
+        return logits > 0.0
+
+    def run_ours() -> list:
+        return encode_masks(decoder.decode(embedding, (HEIGHT, WIDTH), prompts).runs, "rle")
+
+    paths: dict[str, Callable[[], float]] = {"upstream recipe (bare ORT)": timed(run_upstream), "ours in-process": timed(run_ours)}
+    reference = run_upstream()[0, 1:]
+    answers = {"ours in-process": run_ours()}
+
+    server = None
+    if not args.no_http:
+        import requests
+
+        buffer = io.BytesIO()
+        np.save(buffer, embedding)
+        body = json.dumps({"image_embedding": base64.b64encode(buffer.getvalue()).decode(), "original_size": [HEIGHT, WIDTH], **params}).encode()
+        env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SMVISION_THREADS": str(args.threads)}
+        server = Server(model_dir, env=env, log_path=workdir / "serve.log").wait_ready()
+        http = requests.Session()
+        url = server.url + "/invocations"
+
+        def post() -> bytes:
+            response = http.post(url, data=body, headers={"Content-Type": "application/json", "Accept": "application/json"})
+            response.raise_for_status()
+            return response.content
+
+        paths["ours over HTTP"] = timed(post)
+        answer = json.loads(post())
+        answer = answer[0] if isinstance(answer, list) else answer
+        answers["ours over HTTP"] = answer["masks"]
+
+    try:
+        for name, masks in answers.items():
+            decoded = mask_utils.decode(masks).transpose(2, 0, 1).astype(bool)
+            ious = [iou(a, b) for a, b in zip(decoded, reference)]
+            print(f"{name}: IoU with the upstream masks {', '.join(f'{v:.5f}' for v in ious)} "
+                  f"(mask areas {', '.join(f'{m.mean():.1%}' for m in reference)}, {sum(len(m['counts']) for m in masks)} RLE chars)")
+        for run in paths.values():  # warm up
+            run()
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        names = list(paths)
+        for i in range(args.rounds):
+            for name in names[i % len(names):] + names[: i % len(names)]:
+                times[name].append(paths[name]())
+    finally:
+        if server is not None:
+            server.stop()
+
+    print(f"\n{args.rounds} rounds, {HEIGHT}x{WIDTH}, one point, {args.threads} threads, os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+    base_p50, base_p95 = percentiles(times[names[0]])
+    for name in names:
+        p50, p95 = percentiles(times[name])
+        ratio = "" if name == names[0] else f"   {base_p50 / p50:.2f}x faster at p50, {base_p95 / p95:.2f}x at p95"
+        print(f"{name:28s} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms{ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
