@@ -277,7 +277,7 @@ def test_salt_and_pepper_masks_take_the_dense_path(monkeypatch):
     monkeypatch.setattr(decoder_module, "dense_mask_runs", lambda *a: calls.append(a) or dense(*a))
     runs = decoder_module.mask_runs(low_res, size, original_size)
     assert calls, "expected the dense path"
-    monkeypatch.setattr(decoder_module, "DENSE_ABOVE", 1)  # never dense
+    monkeypatch.setattr(decoder_module, "DENSE_EDGES", 2.0)  # never dense
     sparse = decoder_module.mask_runs(low_res, size, original_size)
     assert len(calls) == 1
     assert (sparse.dense != runs.dense).sum() <= 5

@@ -9,7 +9,6 @@ there is no box, multimask -> masks 1..3, single -> mask 0, low-res logits upsca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from smvision.runtimes.onnx import create_session
 IMG_SIZE = 1024
 EMBEDDING_SHAPE = (1, 256, 64, 64)
 MASK_THRESHOLD = 0.0
+DENSE_EDGES = 0.1  # sign changes per low-res sample above which dense_mask_runs is cheaper (measured)
 _BOX_LABELS = np.array([2.0, 3.0], dtype=np.float32)
 _PAD_POINT = np.zeros((1, 2), dtype=np.float32)
 _PAD_LABEL = np.array([-1.0], dtype=np.float32)
@@ -97,68 +97,55 @@ class SamDecoder:
 def mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[int, int]) -> MaskRuns:
     """(K, 256, 256) logits -> the run lengths of Sam.postprocess_masks(...) > 0 (bilinear
     to 1024, crop to size (h, w), bilinear to original_size (H, W), threshold) without
-    making any (H, W) array: only the logits next to a mask's edge are interpolated.
+    making any (H, W) array.
 
-    Bilinear resizing is separable and each output value is a convex combination of its
-    low-res neighbours. Along x, output column x reads 3 low-res columns (the two resizes
-    composed); its profile along y, cols(x, l), can change sign between low-res rows l
-    and l + 1 only where that 2x3 low-res block holds both signs. There the two 1024-level
-    samples around the crossing are interpolated, then the output row where the final
-    interpolation crosses zero: the column's run boundaries, in COCO's column-major order.
+    Bilinear resizing is separable. Along x it is done for real, on the 256 low-res rows
+    only: cols[k, x, l] (K x W x 256). Along y, output column x is piecewise linear in
+    cols[k, x, :], so it can change sign only between low-res rows that do: there the two
+    1024-level samples around the crossing are interpolated, then the output row where
+    the final interpolation crosses zero. Those rows are the column's run boundaries, in
+    COCO's column-major order. Masks with an edge nearly everywhere (random weights) go
+    the plain way, dense_mask_runs, which is cheaper for them.
     """
+    import cv2
+
     count, n = low_res.shape[0], low_res.shape[-1]
     h, w = size
     height, width = original_size
-    start, weights = _column_taps(w, width, n)
-
-    flat = np.ascontiguousarray(low_res).reshape(-1)
-
-    def cols(k: np.ndarray, x: np.ndarray, row: np.ndarray) -> np.ndarray:
-        """Low-res row `row` of mask k, interpolated along x to output column x."""
-        index = (k * n + row) * n + start[x]
-        tap = weights[x]
-        return flat[index] * tap[:, 0] + flat[index + 1] * tap[:, 1] + flat[index + 2] * tap[:, 2]
-
-    # Low-res 2x3 blocks (rows l, l + 1; columns j..j + 2) that hold both signs.
-    inside = low_res > MASK_THRESHOLD
-    any_rows, all_rows = inside[:, 1:] | inside[:, :-1], inside[:, 1:] & inside[:, :-1]
-    any_block = any_rows[..., :-2] | any_rows[..., 1:-1] | any_rows[..., 2:]
-    all_block = all_rows[..., :-2] & all_rows[..., 1:-1] & all_rows[..., 2:]
-    k_idx, l_idx, j_idx = np.unravel_index(np.flatnonzero(any_block & ~all_block), any_block.shape)
-    # Every output column x that reads columns j..j + 2 (start[x] == j).
-    first_x = np.searchsorted(start, j_idx, side="left")
-    repeats = np.searchsorted(start, j_idx, side="right") - first_x
-    if repeats.sum() > count * height * width // DENSE_ABOVE:  # salt-and-pepper masks
-        return dense_mask_runs(low_res, size, original_size)
-    cell = np.repeat(np.arange(len(j_idx)), repeats)
-    x_idx = first_x[cell] + np.arange(len(cell)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-    k_idx, l_idx = k_idx[cell], l_idx[cell]
-    above, below = cols(k_idx, x_idx, l_idx), cols(k_idx, x_idx, l_idx + 1)
-    sign_change = (above > MASK_THRESHOLD) != (below > MASK_THRESHOLD)
-    k_idx, x_idx, l_idx = k_idx[sign_change], x_idx[sign_change], l_idx[sign_change]
-    above, below = above[sign_change], below[sign_change]
-    crossing = l_idx + above / (above - below)  # in low-res rows
-    # 1024-level rows r0, r0 + 1 on either side (row r sits at low-res (r + 0.5) / up - 0.5).
     up = IMG_SIZE // n
+    cols = np.empty((count, width, n), dtype=np.float32)
+    for k in range(count):  # transposed, so that both resizes run along x
+        wide = cv2.resize(np.ascontiguousarray(low_res[k].T), (n, IMG_SIZE), interpolation=cv2.INTER_LINEAR)
+        cols[k] = cv2.resize(wide[:w], (n, width), interpolation=cv2.INTER_LINEAR)
+    flat = cols.reshape(-1)
+    inside = flat > MASK_THRESHOLD
+    change = np.flatnonzero(inside[1:] != inside[:-1])
+    if len(change) > DENSE_EDGES * flat.size:
+        return dense_mask_runs(low_res, size, original_size)
+    change = change[change % n != n - 1]  # not from one column's end to the next one's start
+    column, row = np.divmod(change, n)  # sorted by (column, row)
+    above, below = flat[change], flat[change + 1]
+    crossing = row + above / (above - below)  # in low-res rows
+    # 1024-level rows r0, r0 + 1 on either side (row r sits at low-res (r + 0.5) / up - 0.5)
     r0 = np.ceil((crossing + 0.5) * up - 0.5).astype(np.int64) - 1
-    column = k_idx.astype(np.int64) * width + x_idx
     keep = (r0 >= 0) & (r0 + 1 <= h - 1)
-    key = np.unique(column[keep] * IMG_SIZE + r0[keep])  # two crossings in one gap cancel below
-    column, r0 = key // IMG_SIZE, key % IMG_SIZE
-    k_idx, x_idx = column // width, column % width
-    v0, v1 = _sample_rows(cols, k_idx, x_idx, r0, up, n), _sample_rows(cols, k_idx, x_idx, r0 + 1, up, n)
+    column, r0 = column[keep], r0[keep]
+    repeated = np.flatnonzero((column[1:] == column[:-1]) & (r0[1:] == r0[:-1])) + 1
+    column, r0 = np.delete(column, repeated), np.delete(r0, repeated)  # two crossings in one gap: see below
+    v0, v1 = _sample_rows(flat, column, r0, up, n), _sample_rows(flat, column, r0 + 1, up, n)
     sign_change = (v0 > MASK_THRESHOLD) != (v1 > MASK_THRESHOLD)
     column, r0, v0, v1 = column[sign_change], r0[sign_change], v0[sign_change], v1[sign_change]
     crossing = r0 + v0 / (v0 - v1)  # in cropped 1024-level rows
     # The first output row y whose source row (y + 0.5) * h / H - 0.5 is past the crossing.
     y = np.ceil((crossing + 0.5) * (height / h) - 0.5).astype(np.int64)
     columns = count * width
-    every_k, every_x = np.divmod(np.arange(columns), width)
-    top = cols(every_k, every_x, np.zeros(columns, dtype=np.int64)) > MASK_THRESHOLD
-    first = top ^ (np.bincount(column[y <= 0], minlength=columns) & 1).astype(bool)  # output row 0
+    top = inside[::n]  # output row 0 lies before every crossing with y <= 0
+    first = top ^ (np.bincount(column[y <= 0], minlength=columns) & 1).astype(bool)
     within = (y > 0) & (y < height)
-    toggles, repeats = np.unique(column[within] * height + y[within], return_counts=True)
-    toggles = toggles[(repeats & 1) == 1]  # a run of zero length is no run
+    toggles = column[within] * height + y[within]  # sorted
+    if (toggles[1:] == toggles[:-1]).any():  # a run of zero length is no run
+        toggles, repeats = np.unique(toggles, return_counts=True)
+        toggles = toggles[(repeats & 1) == 1]
     last = first ^ (np.bincount(toggles // height, minlength=columns) & 1).astype(bool)
     previous = np.concatenate([[False], last[:-1]])
     previous[::width] = False  # every mask starts with a run of zeros
@@ -171,6 +158,16 @@ def mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[i
         local = toggles[bounds[k] : bounds[k + 1]] - k * size_each
         counts.append(np.diff(local, prepend=0, append=size_each).astype(np.uint32))
     return MaskRuns.from_counts((height, width), counts)
+
+
+def _sample_rows(flat: np.ndarray, column: np.ndarray, row: np.ndarray, up: int, n: int) -> np.ndarray:
+    """cols[column] linearly interpolated at 1024-level row `row` (edges clamped)."""
+    source = np.maximum((row + 0.5) / up - 0.5, 0.0)
+    low = np.minimum(source.astype(np.int64), n - 1)
+    high = np.minimum(low + 1, n - 1)
+    fraction = (source - low).astype(np.float32)
+    base = column * n
+    return flat[base + low] * (1 - fraction) + flat[base + high] * fraction
 
 
 def dense_mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[int, int]) -> MaskRuns:
@@ -186,30 +183,3 @@ def dense_mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: t
         full = cv2.resize(wide[:w, :h], (height, width), interpolation=cv2.INTER_LINEAR)
         np.greater(full, MASK_THRESHOLD, out=columns[k])
     return MaskRuns.from_columns(columns)
-
-
-TAPS = 3
-DENSE_ABOVE = 80  # more than one edge sample per 80 output pixels: dense_mask_runs is cheaper (measured)
-
-
-@lru_cache(maxsize=64)
-def _column_taps(w: int, width: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resizing rows of n low-res columns to 1024, cropping to w, resizing to width,
-    composed: output column x = weights[x] . low-res columns start[x] .. start[x] + 2."""
-    import cv2
-
-    identity = np.eye(n, dtype=np.float32)
-    wide = cv2.resize(identity, (n, IMG_SIZE), interpolation=cv2.INTER_LINEAR)[:w]
-    matrix = cv2.resize(wide, (n, width), interpolation=cv2.INTER_LINEAR)  # (width, n)
-    start = np.minimum(np.argmax(matrix != 0, axis=1), n - TAPS)
-    weights = np.ascontiguousarray(matrix[np.arange(width)[:, None], start[:, None] + np.arange(TAPS)])
-    return start, weights
-
-
-def _sample_rows(cols, k: np.ndarray, x: np.ndarray, row: np.ndarray, up: int, n: int) -> np.ndarray:
-    """cols(k, x, .) linearly interpolated at 1024-level row `row` (edges clamped)."""
-    source = np.maximum((row + 0.5) / up - 0.5, 0.0)
-    low = np.minimum(source.astype(np.int64), n - 1)
-    high = np.minimum(low + 1, n - 1)
-    fraction = (source - low).astype(np.float32)
-    return cols(k, x, low) * (1 - fraction) + cols(k, x, high) * fraction
