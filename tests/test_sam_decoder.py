@@ -281,3 +281,16 @@ def test_salt_and_pepper_masks_take_the_dense_path(monkeypatch):
     sparse = decoder_module.mask_runs(low_res, size, original_size)
     assert len(calls) == 1
     assert (sparse.dense != runs.dense).sum() <= 5
+
+
+def test_decoded_masks_keep_their_runs(decoder, predictors):
+    """result.masks (what kinds pass to encode_masks) remembers the runs: RLE is not redone;
+    a slice does not carry them, and the masks are read-only so they cannot drift."""
+    _, embedding, size = predictors["astronaut"]
+    result = decoder.decode(embedding, size, parse_prompts(prompt_cases(*size)["point"], size, "r"))
+    assert result.masks.runs is result.runs
+    assert encode_masks(result.masks, "rle") == encode_masks(result.runs, "rle") == result.runs.rle()
+    assert result.masks[1:].runs is None
+    assert encode_masks(result.masks[1:], "rle") == result.runs.rle()[1:]
+    with pytest.raises(ValueError):
+        result.masks[0, 0, 0] = not result.masks[0, 0, 0]

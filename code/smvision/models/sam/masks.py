@@ -60,22 +60,39 @@ class MaskRuns:
         return [{"size": [height, width], "counts": r["counts"].decode("ascii")} for r in self.rles]
 
     @cached_property
-    def dense(self) -> np.ndarray:
-        """(K, H, W) bool, a transposed view of column-major memory (no copy)."""
+    def dense(self) -> "RunMasks":
+        """(K, H, W) bool, read-only, a transposed view of column-major memory; it keeps
+        these runs, so encode_masks(runs.dense, "rle") does not encode again."""
         from pycocotools import mask as mask_utils
 
         if not self.rles:
-            return np.zeros((0, *self.size), dtype=bool)
-        return mask_utils.decode(self.rles).view(bool).transpose(2, 0, 1)  # decode gives (H, W, K) Fortran
+            masks = np.zeros((0, *self.size), dtype=bool)
+        else:  # decode gives (H, W, K) in Fortran order
+            masks = mask_utils.decode(self.rles).view(bool).transpose(2, 0, 1)
+        masks = masks.view(RunMasks)
+        masks.runs = self
+        masks.flags.writeable = False
+        return masks
+
+
+class RunMasks(np.ndarray):
+    """MaskRuns.dense: a bool array that knows the runs it was decoded from. Slices and
+    other arrays made from it do not (their `runs` is None)."""
+
+    runs: MaskRuns | None = None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.runs = None
 
 
 def encode_masks(masks: np.ndarray | MaskRuns, mask_format: str) -> list:
     """One encoded mask per mask in masks (bool (K, H, W), or MaskRuns), in mask_format."""
+    runs = masks if isinstance(masks, MaskRuns) else getattr(masks, "runs", None)
+    if runs is not None and mask_format == "rle":
+        return runs.rle()
     if isinstance(masks, MaskRuns):
-        if mask_format == "rle":
-            return masks.rle()
         masks = masks.dense
-    return ENCODERS[mask_format](masks)
+    return ENCODERS[mask_format](np.asarray(masks))
 
 
 def rle(masks: np.ndarray) -> list[dict[str, Any]]:
