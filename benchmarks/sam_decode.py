@@ -5,6 +5,8 @@
   thresholded in numpy (the bare onnxruntime call: no HTTP, no encoding).
 - ours in-process: SamDecoder.decode (the sam-decode archive's .onnx) + RLE of the three
   multimask masks (encode_masks(result.runs, "rle")).
+- ours, archive handler in-process: the archive's code/inference.py input_fn ->
+  predict_fn -> output_fn on the HTTP request's body (JSON and base64 parsing included).
 - ours over HTTP: `smvision serve` with the sam-decode archive, one JSON request with
   the embedding inline (base64 .npy), one point, mask_format rle; timed from send to the
   last byte of the answer.
@@ -106,6 +108,14 @@ def build(model_type: str, workdir: Path, photo_masks: bool) -> tuple[Path, Path
     return upstream, model_dir
 
 
+def load_handler(model_dir: Path):
+    """The archive's own entry script and model, in this process (parse, decode, answer)."""
+    sys.path.insert(0, str(model_dir / "code"))
+    import inference
+
+    return inference, inference.model_fn(str(model_dir))
+
+
 def upstream_session(path: Path, threads: int):
     """The recipe's session: default options, `threads` intra-op threads."""
     import onnxruntime as ort
@@ -176,7 +186,8 @@ def main() -> int:
     from smvision.models.sam.masks import encode_masks
     from smvision.models.sam.prompts import parse_prompts
 
-    workdir = Path(tempfile.mkdtemp(prefix="sam-decode-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="sam-decode-bench-")
+    workdir = Path(scratch.name)
     print(f"building the {args.model_type} decoder (random weights, seed {SEED}) and the embedding ...", flush=True)
     upstream_path, model_dir = build(args.model_type, workdir, args.masks == "photo")
     embedding = photo_embedding()
@@ -199,6 +210,7 @@ def main() -> int:
 
     server = None
     if not args.no_http:
+        handler, model = load_handler(model_dir)
         import requests
 
         buffer = io.BytesIO()
@@ -214,6 +226,11 @@ def main() -> int:
             response.raise_for_status()
             return response.content
 
+        def handle() -> bytes:
+            request = handler.input_fn(body, "application/json")
+            return handler.output_fn(handler.predict_fn(request, model), "application/json")[0]
+
+        paths["ours, archive handler in-process"] = timed(handle)
         paths["ours over HTTP"] = timed(post, lambda: process_tree_cpu(server.process.pid))
         answer = json.loads(post())
         answer = answer[0] if isinstance(answer, list) else answer
@@ -238,6 +255,7 @@ def main() -> int:
     finally:
         if server is not None:
             server.stop()
+        scratch.cleanup()
 
     print(f"\n{args.rounds} rounds, {HEIGHT}x{WIDTH}, one point, {args.masks} masks, {args.threads} threads, os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
     base_p50, base_p95 = percentiles(times[names[0]])

@@ -202,7 +202,7 @@ def test_prompt_defaults_and_mask_input_shapes():
 @pytest.fixture(scope="module")
 def real_masks(decoder, predictors):
     _, embedding, size = predictors["coffee"]
-    return decoder.decode(embedding, size, parse_prompts(prompt_cases(*size)["point"], size, "r")).masks
+    return np.asarray(decoder.decode(embedding, size, parse_prompts(prompt_cases(*size)["point"], size, "r")).masks)
 
 
 def test_every_mask_format_round_trips(real_masks):
@@ -284,13 +284,18 @@ def test_salt_and_pepper_masks_take_the_dense_path(monkeypatch):
 
 
 def test_decoded_masks_keep_their_runs(decoder, predictors):
-    """result.masks (what kinds pass to encode_masks) remembers the runs: RLE is not redone;
-    a slice does not carry them, and the masks are read-only so they cannot drift."""
+    """result.masks is array-like but held as runs: RLE is never redone, the dense array
+    (made once) remembers them, a slice of it does not, and it is read-only."""
     _, embedding, size = predictors["astronaut"]
     result = decoder.decode(embedding, size, parse_prompts(prompt_cases(*size)["point"], size, "r"))
-    assert result.masks.runs is result.runs
-    assert encode_masks(result.masks, "rle") == encode_masks(result.runs, "rle") == result.runs.rle()
-    assert result.masks[1:].runs is None
-    assert encode_masks(result.masks[1:], "rle") == result.runs.rle()[1:]
+    assert result.masks.shape == (3, *size) and result.masks.dtype == bool and len(result.masks) == 3
+    assert "dense" not in vars(result.masks), "nothing full-size before it is asked for"
+    assert encode_masks(result.masks, "rle") == result.runs.rle()
+    assert "dense" not in vars(result.masks)
+    dense = result.masks.dense
+    assert dense.runs is result.masks and encode_masks(dense, "rle") == result.runs.rle()
+    assert dense[1:].runs is None and encode_masks(dense[1:], "rle") == result.runs.rle()[1:]
+    np.testing.assert_array_equal(np.asarray(result.masks), dense)
+    np.testing.assert_array_equal(result.masks[2], dense[2])
     with pytest.raises(ValueError):
-        result.masks[0, 0, 0] = not result.masks[0, 0, 0]
+        dense[0, 0, 0] = not dense[0, 0, 0]

@@ -30,17 +30,18 @@ _PAD_LABEL = np.array([-1.0], dtype=np.float32)
 class DecodeResult:
     """K masks (K = 3 for multimask, else 1) in original-image pixels.
 
-    runs holds them as COCO run lengths; `masks` makes the (K, H, W) bool array on first
-    use. Pass `runs` to encode_masks: RLE answers then never touch a full-size array."""
+    masks is array-like (K, H, W) bool, held as COCO run lengths (MaskRuns): np.asarray
+    or indexing makes the full-size array on first use; encode_masks(masks, "rle") never
+    does."""
 
-    runs: MaskRuns
+    masks: MaskRuns
     scores: np.ndarray  # (K,) float32, the predicted IoU
     low_res_logits: np.ndarray  # (K, 256, 256) float32, mask_input for a next round
 
     @property
-    def masks(self) -> np.ndarray:
-        """(K, H, W) bool."""
-        return self.runs.dense
+    def runs(self) -> MaskRuns:
+        """The masks as run lengths (the same object as masks)."""
+        return self.masks
 
 
 def input_size(original_size: tuple[int, int], long_side: int = IMG_SIZE) -> tuple[int, int]:
@@ -91,7 +92,7 @@ class SamDecoder:
         chosen = slice(1, None) if prompts.multimask_output else slice(0, 1)
         low_res = low_res[0, chosen]
         runs = mask_runs(low_res, input_size(original_size), original_size)
-        return DecodeResult(runs=runs, scores=scores[0, chosen], low_res_logits=low_res)
+        return DecodeResult(masks=runs, scores=scores[0, chosen], low_res_logits=low_res)
 
 
 def mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[int, int]) -> MaskRuns:

@@ -28,7 +28,10 @@ MaskEncoder = Callable[[np.ndarray], list]
 @dataclass(frozen=True, eq=False)
 class MaskRuns:
     """K masks of size (H, W) as pycocotools compressed RLE objects ({"size": [H, W],
-    "counts": bytes}): column-major run lengths, the first of zeros."""
+    "counts": bytes}): column-major run lengths, the first of zeros.
+
+    Array-like: shape (K, H, W), dtype bool, indexing, iteration and np.asarray() give
+    the masks themselves (decoded once, on first use)."""
 
     size: tuple[int, int]
     rles: list[dict[str, Any]]
@@ -53,6 +56,24 @@ class MaskRuns:
 
     def __len__(self) -> int:
         return len(self.rles)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.rles), *self.size)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(bool)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        masks = self.dense.view(np.ndarray)
+        return masks if dtype is None else masks.astype(dtype)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.dense[index]
+
+    def __iter__(self):
+        return iter(self.dense)
 
     def rle(self) -> list[dict[str, Any]]:
         """COCO RLE per mask with the counts as a str (JSON-ready)."""
