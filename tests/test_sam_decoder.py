@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-from functools import partial
-
 import numpy as np
 import pytest
 import torch
@@ -28,21 +26,10 @@ PHOTOS = {"coffee": ("coffee.png", None), "astronaut": ("astronaut.png", (slice(
 
 def ci_sam():
     """The CI-sized SAM of REFERENCE.md: real classes, 2.1M parameters, fixed seed."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from smvision.models.sam.build import build_sam, sam_config
 
     torch.manual_seed(0)
-    encoder = ImageEncoderViT(
-        img_size=1024, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=14,
-        global_attn_indexes=[1], out_chans=256, qkv_bias=True,
-    )
-    prompt_encoder = PromptEncoder(256, (64, 64), (1024, 1024), 16)
-    decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=64, num_heads=8),
-        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=32,
-    )
-    return Sam(encoder, prompt_encoder, decoder, [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]).eval()
+    return build_sam(sam_config("vit_tiny_test"))
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +196,7 @@ def test_every_mask_format_round_trips(real_masks):
     import cv2
     from pycocotools import mask as mask_utils
 
-    assert set(MASK_FORMATS) == {"rle", "png", "polygon", "npy"}
+    assert set(MASK_FORMATS) == {"rle", "png", "polygon", "geojson", "npy"}
     height, width = real_masks.shape[1:]
     for mask, encoded in zip(real_masks, encode_masks(real_masks, "rle")):
         assert encoded["size"] == [height, width] and isinstance(encoded["counts"], str)
@@ -225,6 +212,24 @@ def test_every_mask_format_round_trips(real_masks):
         canvas = np.zeros(mask.shape, np.uint8)
         cv2.fillPoly(canvas, [np.array(ring, np.int32) for ring in rings], 1)
         np.testing.assert_array_equal(canvas.astype(bool), mask)
+    geometries = encode_masks(real_masks, "geojson")
+    for mask, rings, geometry in zip(real_masks, encode_masks(real_masks, "polygon"), geometries):
+        assert geometry["type"] == "MultiPolygon" and geometry["coordinates"]
+        canvas = np.zeros(mask.shape, np.uint8)
+        for polygon in geometry["coordinates"]:
+            outer, *holes = polygon
+            assert outer[0] == outer[-1] and len(outer) >= 4
+            assert signed_area(outer) > 0 and all(signed_area(h) < 0 for h in holes)
+            cv2.fillPoly(canvas, [np.array(ring, np.int32) for ring in polygon], 1)
+        without_specks = np.zeros(mask.shape, np.uint8)  # outlines under 3 pixels are left out
+        cv2.fillPoly(without_specks, [np.array(ring, np.int32) for ring in rings if len(ring) >= 3], 1)
+        np.testing.assert_array_equal(canvas, without_specks)
+        assert iou(canvas.astype(bool), mask) >= 0.95
+
+
+def signed_area(ring: list[list[int]]) -> float:
+    x, y = np.array(ring, dtype=float).T
+    return float((x[:-1] * y[1:] - x[1:] * y[:-1]).sum() / 2)
 
 
 def test_rle_of_a_transposed_view_is_right(real_masks):

@@ -19,7 +19,7 @@ import numpy as np
 
 from smvision.errors import bad_request
 
-MASK_FORMATS = ("rle", "png", "polygon", "npy")
+MASK_FORMATS = ("rle", "png", "polygon", "geojson", "npy")
 PROMPT_KEYS = ("points", "labels", "box", "mask_input", "multimask_output", "mask_format", "return_logits")
 MASK_INPUT_SIZE = 256
 _MASK_INPUT_SHAPES = ((256, 256), (1, 256, 256), (1, 1, 256, 256))
