@@ -5,8 +5,6 @@
   thresholded in numpy (the bare onnxruntime call: no HTTP, no encoding).
 - ours in-process: SamDecoder.decode (the sam-decode archive's .onnx) + RLE of the three
   multimask masks (encode_masks(result.runs, "rle")).
-- ours, archive handler in-process: the archive's code/inference.py input_fn ->
-  predict_fn -> output_fn on the HTTP request's body (JSON and base64 parsing included).
 - ours over HTTP: `smvision serve` with the sam-decode archive, one JSON request with
   the embedding inline (base64 .npy), one point, mask_format rle; timed from send to the
   last byte of the answer.
@@ -108,14 +106,6 @@ def build(model_type: str, workdir: Path, photo_masks: bool) -> tuple[Path, Path
     return upstream, model_dir
 
 
-def load_handler(model_dir: Path):
-    """The archive's own entry script and model, in this process (parse, decode, answer)."""
-    sys.path.insert(0, str(model_dir / "code"))
-    import inference
-
-    return inference, inference.model_fn(str(model_dir))
-
-
 def upstream_session(path: Path, threads: int):
     """The recipe's session: default options, `threads` intra-op threads."""
     import onnxruntime as ort
@@ -210,7 +200,6 @@ def main() -> int:
 
     server = None
     if not args.no_http:
-        handler, model = load_handler(model_dir)
         import requests
 
         buffer = io.BytesIO()
@@ -226,11 +215,6 @@ def main() -> int:
             response.raise_for_status()
             return response.content
 
-        def handle() -> bytes:
-            request = handler.input_fn(body, "application/json")
-            return handler.output_fn(handler.predict_fn(request, model), "application/json")[0]
-
-        paths["ours, archive handler in-process"] = timed(handle)
         paths["ours over HTTP"] = timed(post, lambda: process_tree_cpu(server.process.pid))
         answer = json.loads(post())
         answer = answer[0] if isinstance(answer, list) else answer
