@@ -82,6 +82,12 @@ def prompt_cases(height: int, width: int) -> dict[str, dict]:
         "box-multi": {"box": box},
         "both": {"points": [point], "labels": [0], "box": box},
         "edge-point": {"points": [[width, height]], "labels": [1], "multimask_output": False},
+        "five-points-box": {
+            "points": [[width * f, height * (1 - f)] for f in (0.2, 0.35, 0.5, 0.65, 0.8)],
+            "labels": [1, 0, 1, 1, 0],
+            "box": box,
+            "multimask_output": False,
+        },
     }
 
 
