@@ -1,4 +1,4 @@
-"""Write model.tar.gz: weights, code/, code/requirements.txt and manifest.json.
+"""Write model.tar.gz: the kind's artifacts, code/, code/requirements.txt and manifest.json.
 
 One format for every model kind. The tarball is reproducible: sorted entries, fixed
 owner and timestamps, so the same inputs give the same bytes.
@@ -11,9 +11,10 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import smvision
+from smvision.archive.requirements import requirements_txt
 from smvision.manifest import MANIFEST_NAME, Manifest, digest_tree
 
 #: where the entry script and the runtime package live in a source checkout
@@ -32,13 +33,14 @@ def code_dir() -> Path:
     return CODE_DIR
 
 
-def copy_code(destination: Path) -> None:
-    """Copy code/inference.py, code/requirements.txt and code/smvision/ into destination/code."""
+def copy_code(destination: Path, kind: str) -> None:
+    """Copy code/inference.py and code/smvision/ into destination/code, and write the
+    kind's code/requirements.txt."""
     source = code_dir()
     target = destination / "code"
     target.mkdir(parents=True)
     shutil.copy2(source / ENTRY_SCRIPT, target / ENTRY_SCRIPT)
-    shutil.copy2(source / REQUIREMENTS, target / REQUIREMENTS)
+    (target / REQUIREMENTS).write_text(requirements_txt(kind))
     shutil.copytree(source / "smvision", target / "smvision", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
@@ -46,24 +48,25 @@ def build_archive(
     output: str | Path,
     kind: str,
     config: dict[str, Any],
-    write_payload: Callable[[Path], str | None],
+    write_payload: Callable[[Path], Mapping[str, str]],
     random_weights: bool,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Stage an archive and pack it to output.
 
-    write_payload(stage_dir) writes the kind's files (weights, class names, ...) and
-    returns the weights file's relative name. Returns the output path.
+    write_payload(stage_dir) writes the kind's files (weights, class names, an .onnx,
+    ...) and returns its artifacts: role -> relative name (e.g. {"weights": "model.pth"}).
+    Returns the output path.
     """
     output = Path(output)
     with tempfile.TemporaryDirectory(prefix="smvision-archive-") as tmp:
         stage = Path(tmp)
-        weights = write_payload(stage)
-        copy_code(stage)
+        artifacts = dict(write_payload(stage))
+        copy_code(stage, kind)
         manifest = Manifest(
             kind=kind,
             config=config,
-            weights=weights,
+            artifacts=artifacts,
             random_weights=random_weights,
             files=digest_tree(stage),
             extra={"smvision_version": smvision.__version__, **(extra or {})},

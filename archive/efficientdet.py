@@ -65,10 +65,10 @@ def build_efficientdet_archive(
         state_dict = torch.load(weights, map_location="cpu", weights_only=True)
         load_zylo117_state_dict(model, state_dict)
 
-    def write_payload(stage: Path) -> str:
+    def write_payload(stage: Path) -> dict[str, str]:
         torch.save(model.state_dict(), stage / WEIGHTS_FILE)
         (stage / CLASSES_FILE).write_text(json.dumps(names, indent=1) + "\n")
-        return WEIGHTS_FILE
+        return {"weights": WEIGHTS_FILE}
 
     return build_archive(
         output,

@@ -1,6 +1,8 @@
 """The `smvision` command: build archives and serve them.
 
     smvision archive build efficientdet --compound-coef N [--weights F] [--classes F] --output model.tar.gz
+    smvision archive build {sam-encode|sam-decode|sam} --model-type {vit_b|vit_l|vit_h} [--checkpoint F]
+                           [--quantize] --output model.tar.gz
     smvision serve --model-dir DIR [--port N] [--workers K]
     smvision archive push | deploy create/delete/list | invoke | transform | bench (cli/deploy.py)
 """
@@ -17,6 +19,16 @@ def _build_efficientdet(args: argparse.Namespace) -> int:
     from smvision.archive.efficientdet import build_efficientdet_archive
 
     path = build_efficientdet_archive(args.output, args.compound_coef, weights=args.weights, classes=args.classes)
+    print(path)
+    return 0
+
+
+def _build_sam(args: argparse.Namespace) -> int:
+    from smvision.archive.sam import build_sam_archive
+
+    path = build_sam_archive(
+        args.output, args.kind, args.model_type, checkpoint=args.checkpoint, quantize=args.quantize, seed=args.seed
+    )
     print(path)
     return 0
 
@@ -51,6 +63,28 @@ def parser() -> argparse.ArgumentParser:
     efficientdet.add_argument("--classes", help="class names: JSON list or one per line (default: COCO's 90)")
     efficientdet.add_argument("--output", required=True, help="where to write model.tar.gz")
     efficientdet.set_defaults(run=_build_efficientdet)
+
+    sam_help = {
+        "sam-encode": "SAM image encoder (torch): images -> embeddings",
+        "sam-decode": "SAM prompt encoder + mask decoder (ONNX Runtime): embedding + prompts -> masks",
+        "sam": "SAM in one call: image + prompts -> masks, with an embedding cache",
+    }
+    for kind, text in sam_help.items():
+        sam = kinds.add_parser(kind, help=text)
+        sam.add_argument(
+            "--model-type",
+            required=True,
+            choices=["vit_b", "vit_l", "vit_h", "vit_tiny_test"],
+            help="SAM type; vit_tiny_test is the CI-sized SAM for tests and demos (random weights only)",
+        )
+        sam.add_argument(
+            "--checkpoint", help="official SAM checkpoint (sam_vit_b_01ec64.pth, ...); none = random weights, for tests only"
+        )
+        if kind != "sam-encode":
+            sam.add_argument("--quantize", action="store_true", help="dynamic int8 weights in the ONNX decoder")
+        sam.add_argument("--seed", type=int, default=0, help="seed for random weights (without --checkpoint)")
+        sam.add_argument("--output", required=True, help="where to write model.tar.gz")
+        sam.set_defaults(run=_build_sam, quantize=False)
 
     serve = commands.add_parser("serve", help="serve an extracted archive on the SageMaker contract")
     serve.add_argument("--model-dir", help="extracted archive (default $SAGEMAKER_BASE_DIR/model)")

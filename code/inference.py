@@ -7,21 +7,24 @@ toolkit (TorchServe). The archive's manifest.json names the model kind.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-from smvision.kinds import Model, load_model
+from smvision.kinds import Model, load_model, media_of
+from smvision.media import MediaTable
 from smvision.records import Request, parse_request
-from smvision.responses import encode_results
+from smvision.responses import Results
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+@dataclass(frozen=True)
 class Prediction:
-    """Results in record order, and whether the request was list-shaped."""
+    """Results in record order (and whether the request was list-shaped), with the
+    loaded kind's media table: which Accept types it answers, and how."""
 
-    def __init__(self, results: list[dict[str, Any]], is_list: bool) -> None:
-        self.results = results
-        self.is_list = is_list
+    results: Results
+    media: MediaTable
 
 
 def model_fn(model_dir: str, context: Any = None) -> Model:
@@ -35,10 +38,10 @@ def input_fn(input_data: bytes | str, content_type: str, context: Any = None) ->
 
 
 def predict_fn(data: Request, model: Model, context: Any = None) -> Prediction:
-    """Records -> one result per record, in order."""
-    return Prediction(model.predict(data), data.is_list)
+    """Records -> one result per record, in order (the kind refuses body types it does not take)."""
+    return Prediction(Results(model.predict(data), data.is_list), media_of(model))
 
 
 def output_fn(prediction: Prediction, accept: str, context: Any = None) -> tuple[bytes, str]:
-    """Results -> (body, content type) for the Accept type."""
-    return encode_results(prediction.results, prediction.is_list, accept)
+    """Results -> (body, content type) for the Accept type, with the model's encoders."""
+    return prediction.media.encode(prediction.results, accept)

@@ -72,3 +72,37 @@ def d0_server(d0_model_dir, photos, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def sam_model_dir(tmp_path_factory):
+    """sam_model_dir(kind) -> the extracted, read-only archive of the CI-sized SAM
+    (vit_tiny_test, random weights, seed 0) for kind sam-encode | sam-decode | sam;
+    each built once per session."""
+    from smvision.archive.build import extract_archive
+    from smvision.archive.sam import build_sam_archive
+
+    built: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            root = tmp_path_factory.mktemp(kind)
+            archive = build_sam_archive(root / "model.tar.gz", kind, "vit_tiny_test")
+            model_dir = extract_archive(archive, root / "model")
+            for path in sorted(model_dir.rglob("*"), reverse=True):
+                path.chmod(0o555 if path.is_dir() else 0o444)
+            built[kind] = model_dir
+        return built[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_sam():
+    """The CI-sized SAM the sam archives hold (vit_tiny_test, seed 0), as a torch Sam."""
+    import torch
+
+    from smvision.models.sam.build import build_sam, sam_config
+
+    torch.manual_seed(0)
+    return build_sam(sam_config("vit_tiny_test"))

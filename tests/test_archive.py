@@ -114,3 +114,62 @@ def test_compound_coef_env_guards_against_the_wrong_archive(d0_model_dir, monkey
     monkeypatch.setenv("EFFICIENTDET_COMPOUND_COEF", "x")
     with pytest.raises(ValueError, match="EFFICIENTDET_COMPOUND_COEF='x' is not an integer"):
         load_model(d0_model_dir)
+
+
+# --- several artifacts, per-kind requirements, old archives -----------------------------
+
+
+def test_manifest_names_artifacts_by_role(d0_archive):
+    manifest = json.loads(read_member(d0_archive, "manifest.json"))
+    assert manifest["format_version"] == 2
+    assert manifest["artifacts"] == {"weights": "model.pth"}
+    assert "weights" not in manifest
+
+
+def test_efficientdet_archive_carries_only_its_own_requirements(d0_archive):
+    text = read_member(d0_archive, "code/requirements.txt").decode()
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert lines == ["efficientnet_pytorch==0.7.1"]
+
+
+def test_kind_requirements_are_the_repository_pins_without_the_images_own():
+    from smvision.archive.build import CODE_DIR
+    from smvision.archive.requirements import KIND_REQUIREMENTS
+
+    pins = {
+        line.split("==")[0].lower(): line
+        for line in (CODE_DIR.parent / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    for kind, lines in KIND_REQUIREMENTS.items():
+        for line in lines:
+            name = line.split("==")[0].lower()
+            assert pins.get(name) == line, f"{kind}: {line} is not pinned the same in requirements.txt"
+            # the AWS image's own builds must never be replaced by an archive
+            assert name not in ("torch", "torchvision", "numpy", "pillow", "boto3"), (kind, line)
+    from smvision.kinds import KINDS
+
+    assert set(KIND_REQUIREMENTS) == set(KINDS)
+
+
+def test_format_1_archive_with_one_weights_file_still_loads(d0_model_dir, tmp_path):
+    from smvision.kinds import load_model
+
+    old = tmp_path / "model"
+    shutil.copytree(d0_model_dir, old)
+    for path in [old, *old.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    document = json.loads((old / "manifest.json").read_text())
+    document["format_version"] = 1
+    document["weights"] = document.pop("artifacts")["weights"]
+    (old / "manifest.json").write_text(json.dumps(document))
+    manifest = read_manifest(old)
+    assert manifest.artifacts == {"weights": "model.pth"} and manifest.weights == "model.pth"
+    model = load_model(old)
+    assert hasattr(model, "predict")
+
+
+def test_missing_artifact_role_is_a_clear_archive_error(d0_model_dir):
+    manifest = read_manifest(d0_model_dir)
+    with pytest.raises(ArchiveError, match=r"no 'decoder' artifact \(it has: weights\)"):
+        manifest.artifact(d0_model_dir, "decoder")

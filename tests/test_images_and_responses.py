@@ -89,3 +89,36 @@ def test_huge_integer_threshold_is_400():
     with pytest.raises(InferenceError) as caught:
         unit_interval(10**400, "pred_threshold", "record 0")
     assert caught.value.status_code == 400 and "pred_threshold" in caught.value.message
+
+
+def test_fetch_gives_bytes_and_identity_without_decoding(photos):
+    import boto3
+
+    from conftest import BUCKET
+    from smvision.images import ImageLoader
+    from smvision.records import ImageSource, Record
+
+    loader = ImageLoader()
+    record = Record(0, ImageSource(bucket=BUCKET, key="coffee.png"), {})
+    fetched = loader.fetch(record)
+    assert fetched.data == photos["coffee.png"]
+    assert fetched.identity.startswith(f"s3://{BUCKET}/coffee.png#")
+    assert loader.identify(record) == fetched.identity  # HEAD only: same identity, no body read
+    assert loader.decode(record, fetched).shape == (400, 600, 3)
+
+    # a new version of the object is a new identity
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=BUCKET, Key="copy/coffee.png", Body=photos["coffee.png"])
+    copy = Record(1, ImageSource(bucket=BUCKET, key="copy/coffee.png"), {})
+    before = loader.identify(copy)
+    s3.put_object(Bucket=BUCKET, Key="copy/coffee.png", Body=photos["astronaut.png"])
+    assert loader.identify(copy) != before
+
+    # inline bytes: a content hash, the same for the same bytes wherever they come from
+    inline = Record(2, ImageSource(data=photos["coffee.png"]), {})
+    assert loader.identify(inline) == loader.fetch(inline).identity
+    assert loader.identify(inline).startswith("sha256:")
+
+    with pytest.raises(InferenceError) as caught:
+        loader.identify(Record(3, ImageSource(bucket=BUCKET, key="missing.png"), {}))
+    assert caught.value.status_code == 404 and caught.value.message.startswith("record 3:")

@@ -71,7 +71,6 @@ def test_raw_image_is_one_record(content_type):
         ("{not json", "application/json", "not valid JSON"),
         ('{"bucket": "b"}', "application/json", "'key' must be a non-empty string"),
         ('{"key": "k"}', "application/json", "'bucket' must be a non-empty string"),
-        ('{"pred_threshold": 0.5}', "application/json", "names no image"),
         ("[1, 2]", "application/json", "must be a JSON object"),
         ("[]", "application/json", "no records"),
         ('{"s3_uri": "b/k"}', "application/json", "s3://bucket/key"),
@@ -111,3 +110,21 @@ def test_lone_surrogate_in_key_is_400():
 def test_bom_is_ignored_on_text_bodies_too():
     assert parse_request("\ufeffbucket/k.jpg\n", "text/csv").records[0].source.bucket == "bucket"
     assert parse_request('\ufeff{"bucket": "b", "key": "k"}', "application/json").records[0].source.key == "k"
+
+
+def test_a_record_without_an_image_is_the_kinds_to_refuse():
+    # sam-decode's records carry an image_embedding instead of an image: parsing keeps
+    # them; kinds that need an image refuse them with the same words as before.
+    from smvision.records import require_image
+
+    (record,) = parse_request('{"pred_threshold": 0.5}', "application/json").records
+    assert record.source is None and record.params == {"pred_threshold": 0.5}
+    with pytest.raises(InferenceError) as caught:
+        require_image(record)
+    assert caught.value.status_code == 400 and "names no image" in caught.value.message
+
+
+def test_request_remembers_its_canonical_media_type():
+    assert parse_request('{"image": "aGk="}', "application/json; charset=utf-8").media_type == "application/json"
+    assert parse_request('{"image": "aGk="}\n', "application/x-jsonlines").media_type == "application/jsonlines"
+    assert parse_request(b"x", "image/png").media_type == "image/png"

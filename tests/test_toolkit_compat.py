@@ -105,7 +105,7 @@ def run(request, toolkit_venv) -> Run:
     root = Path(tempfile.mkdtemp(prefix=f"smvision-toolkit-{case.name}-"))
     try:
         with h.LocalS3(root / "moto.log") as s3:
-            s3.put(h.BUCKET, {name: h.skimage_photo(name).read_bytes() for name in h.PHOTOS})
+            s3.put(h.BUCKET, h.bucket_objects())
             yield _serve_both(case, toolkit_venv, root, h.BUCKET)
     finally:
         h.make_writable(root)

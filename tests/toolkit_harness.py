@@ -231,7 +231,118 @@ EFFICIENTDET_D0 = Case(
     ),
 )
 
-CASES: tuple[Case, ...] = (EFFICIENTDET_D0,)
+
+
+# --- SAM (the CI-sized vit_tiny_test, random weights from seed 0) ------------------------
+
+
+def _embedding_npy() -> bytes:
+    """A (1, 256, 64, 64) float16 embedding, deterministic (what sam-encode would answer)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float16))
+    return buffer.getvalue()
+
+
+EMBEDDING_KEY = "embeddings/astronaut.npy"
+EMBEDDING_B64 = base64.b64encode(_embedding_npy()).decode("ascii")  # 2.8 MB: under the 6 MB limit
+
+
+def bucket_objects() -> dict[str, bytes]:
+    """What every case's bucket holds: the photos, and one embedding .npy for sam-decode."""
+    return {**{name: skimage_photo(name).read_bytes() for name in PHOTOS}, EMBEDDING_KEY: _embedding_npy()}
+
+
+def _sam_build(kind: str) -> tuple[str, ...]:
+    return ("{smvision}", "archive", "build", kind, "--model-type", "vit_tiny_test", "--output", "{output}")
+
+
+SAM_ENCODE = Case(
+    name="sam-encode",
+    build=_sam_build("sam-encode"),
+    calls=(
+        Call("json-object", "application/json", _json({"bucket": "{bucket}", "key": "astronaut.png"})),
+        Call("npy", "application/json", _json({"s3_uri": "s3://{bucket}/rocket.jpg"}), accept="application/x-npy"),
+        Call(
+            "json-array-float16",
+            "application/json",
+            # two float16 embeddings: 5.6 MB of JSON; two float32 ones would pass the 6 MB
+            # response limit (TorchServe's worker dies on that, SageMaker refuses it)
+            _json([{"image": "{photo:coffee.png}", "embedding_dtype": "float16"},
+                   {"bucket": "{bucket}", "key": "rocket.jpg", "embedding_dtype": "float16"}]),
+        ),
+        Call("csv", "text/csv", "{bucket}/rocket.jpg\n"),
+        Call("raw-png", "image/png", photo="coffee.png"),
+        Call("bad-dtype", "application/json", _json({"bucket": "{bucket}", "key": "rocket.jpg", "embedding_dtype": "int8"}), status=400),
+        Call("unknown-parameter", "application/json", _json({"bucket": "{bucket}", "key": "rocket.jpg", "box": [1, 2, 3, 4]}), status=400),
+        Call("missing-object", "application/json", _json({"bucket": "{bucket}", "key": "nope.png"}), status=404),
+        Call(
+            "npy-for-two-records",
+            "text/csv",
+            "{bucket}/rocket.jpg\n{bucket}/coffee.png\n",
+            accept="application/x-npy",
+            status=406,
+        ),
+        Call("bad-content-type", "text/plain", "hello", status=415),
+    ),
+)
+
+_PROMPT = {"original_size": [512, 512], "points": [[256, 200]], "labels": [1]}
+
+SAM_DECODE = Case(
+    name="sam-decode",
+    build=_sam_build("sam-decode"),
+    calls=(
+        Call("inline-embedding", "application/json", _json({"image_embedding": EMBEDDING_B64, **_PROMPT})),
+        Call(
+            "s3-embedding-box-png-logits",
+            "application/json",
+            _json({"image_embedding": {"s3_uri": "s3://{bucket}/" + EMBEDDING_KEY}, "original_size": [512, 512],
+                   "box": [100, 100, 400, 450], "multimask_output": False, "mask_format": "png", "return_logits": True}),
+        ),
+        Call(
+            "jsonlines-polygon",
+            "application/jsonlines",
+            _json({"image_embedding": {"bucket": "{bucket}", "key": EMBEDDING_KEY}, **_PROMPT, "mask_format": "polygon"}) + "\n",
+            accept="application/jsonlines",
+        ),
+        Call("point-outside", "application/json", _json({"image_embedding": EMBEDDING_B64, **_PROMPT, "points": [[900, 1]]}), status=400),
+        Call("no-original-size", "application/json", _json({"image_embedding": EMBEDDING_B64, "box": [1, 2, 3, 4]}), status=400),
+        Call(
+            "wrong-shape",
+            "application/json",
+            _json({"image_embedding": base64.b64encode(_embedding_npy()[:128]).decode(), **_PROMPT}),
+            status=400,
+        ),
+        Call("missing-embedding", "application/json", _json({"image_embedding": {"s3_uri": "s3://{bucket}/none.npy"}, **_PROMPT}), status=404),
+        Call("image-body", "image/png", photo="coffee.png", status=415),
+    ),
+)
+
+SAM_ONE_CALL = Case(
+    name="sam",
+    build=_sam_build("sam"),
+    calls=(
+        Call("point", "application/json", _json({"bucket": "{bucket}", "key": "astronaut.png", "points": [[256, 200]], "labels": [1]})),
+        Call(
+            "box-same-image",  # a cache hit under both servers (the probe encoded it)
+            "application/json",
+            _json({"bucket": "{bucket}", "key": "astronaut.png", "box": [100, 100, 400, 450], "multimask_output": False}),
+        ),
+        Call(
+            "inline-twice",
+            "application/json",
+            _json([{"image": "{photo:coffee.png}", "points": [[10, 10]], "labels": [1], "mask_format": "npy"}] * 2),
+        ),
+        Call("no-prompt", "text/csv", "{bucket}/rocket.jpg\n", status=400),
+        Call("bad-label", "application/json", _json({"bucket": "{bucket}", "key": "rocket.jpg", "points": [[1, 1]], "labels": [7]}), status=400),
+    ),
+)
+
+CASES: tuple[Case, ...] = (EFFICIENTDET_D0, SAM_ENCODE, SAM_DECODE, SAM_ONE_CALL)
 
 
 # ---------------------------------------------------------------------------------------
@@ -619,10 +730,36 @@ def compare_json(ours: Any, theirs: Any, rel: float = 1e-4, abs_: float = 1e-4, 
     return [] if ours == theirs else [f"{path}: {ours!r} != {theirs!r}"]
 
 
+#: result fields that hold base64 .npy arrays (compared by value, within tolerance)
+NPY_FIELDS = ("embedding", "low_res_logits")
+
+
 def decode(reply: Reply, call: Call) -> Any:
-    if call.accept == "application/jsonlines":
-        return reply.jsonlines()
-    return reply.json()
+    if call.accept == "application/x-npy":
+        return _npy_summary(reply.body)
+    document = reply.jsonlines() if call.accept == "application/jsonlines" else reply.json()
+    return _arrays_by_value(document)
+
+
+def _npy_summary(data: bytes) -> dict[str, Any]:
+    """An array's shape, dtype and every 61st value (enough to catch any real difference)."""
+    import io
+
+    import numpy as np
+
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "values": array.astype(float).ravel()[::61].tolist()}
+
+
+def _arrays_by_value(document: Any) -> Any:
+    if isinstance(document, list):
+        return [_arrays_by_value(item) for item in document]
+    if isinstance(document, dict):
+        return {
+            key: _npy_summary(base64.b64decode(value)) if key in NPY_FIELDS and isinstance(value, str) else _arrays_by_value(value)
+            for key, value in document.items()
+        }
+    return document
 
 
 # ---------------------------------------------------------------------------------------

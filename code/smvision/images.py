@@ -1,13 +1,20 @@
 """Image bytes -> RGB arrays: EXIF orientation applied, pixel count limited.
 
-The ImageLoader fetches a batch of records' images concurrently (S3 reads release the
-GIL) and decodes them, naming the record in every error.
+Fetching and decoding are separate steps. fetch() gives a record's bytes and their
+identity (the S3 object and its ETag, or a content hash for inline bytes); identify()
+gives the identity alone (an S3 HEAD, no body), so a cache keyed by it skips both
+fetching and decoding on a hit. The ImageLoader fetches a batch of records' images
+concurrently (S3 reads release the GIL) and decodes them, naming the record in every
+error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -16,7 +23,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from smvision import inflight
 from smvision.errors import InferenceError, bad_request, too_large
 from smvision.params import env_int
-from smvision.records import Record
+from smvision.records import ImageSource, Record, require_image
 from smvision.s3 import S3Reader, allowed_buckets_from_env
 
 MAX_PIXELS_ENV = "SMVISION_MAX_IMAGE_PIXELS"
@@ -50,6 +57,24 @@ def decode_image(data: bytes, where: str, max_pixels: int = DEFAULT_MAX_PIXELS) 
         raise bad_request(f"{where} is a damaged or truncated image: {exc}") from None
 
 
+@dataclass(frozen=True)
+class FetchedImage:
+    """A record's image bytes, not yet decoded, and what identifies them."""
+
+    data: bytes = field(repr=False)
+    identity: str  # s3://bucket/key#etag, or sha256:<hex> for inline bytes
+
+
+def content_identity(data: bytes) -> str:
+    """The identity of inline bytes: their sha256."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def s3_identity(bucket: str, key: str, etag: str) -> str:
+    """The identity of an S3 object's current version: its URI and ETag."""
+    return f"s3://{bucket}/{key}#{etag.strip(chr(34))}"
+
+
 class ImageLoader:
     """Fetches and decodes the images of a batch of records, concurrently."""
 
@@ -64,24 +89,38 @@ class ImageLoader:
         request: the request it belongs to (fetch threads have none of their own): its
         deadline is checked first and bounds the S3 read; fetch and decode are timed."""
         request = request if request is not None else inflight.current()
+        return self.decode(record, self.fetch(record, request), request)
+
+    def fetch(self, record: Record, request: inflight.Inflight | None = None) -> FetchedImage:
+        """The record's image bytes (read from S3, or inline) and their identity."""
+        source = require_image(record)
+        if source.data is not None:
+            return FetchedImage(source.data, content_identity(source.data))
+        request = request if request is not None else inflight.current()
         if request is not None:
             request.check(f"before {record.label()}")
-        source = record.source
-        data = source.data
-        if data is None:
-            try:
-                with inflight.stage("fetch", request):
-                    data = self.reader.read(source.bucket, source.key, request)
-            except InferenceError as exc:
-                raise InferenceError(exc.status_code, f"record {record.index}: {exc.message}") from None
+        with _naming(record), inflight.stage("fetch", request):
+            found = self.reader.get(source.bucket, source.key, request)
+        return FetchedImage(found.data, s3_identity(source.bucket, source.key, found.etag))
+
+    def identify(self, record: Record, request: inflight.Inflight | None = None) -> str:
+        """The identity fetch() would give, without reading an S3 object's body (HEAD)."""
+        source: ImageSource = require_image(record)
+        if source.data is not None:
+            return content_identity(source.data)
+        with _naming(record), inflight.stage("fetch", request):
+            return s3_identity(source.bucket, source.key, self.reader.etag(source.bucket, source.key, request))
+
+    def decode(self, record: Record, fetched: FetchedImage, request: inflight.Inflight | None = None) -> np.ndarray:
+        """Fetched bytes -> HxWx3 uint8 RGB (EXIF applied, pixels limited); errors name the record."""
         with inflight.stage("decode", request):
-            return decode_image(data, record.label(), self.max_pixels)
+            return decode_image(fetched.data, record.label(), self.max_pixels)
 
     def batches(self, records: Sequence[Record], batch_size: int) -> Iterator[tuple[list[Record], list[np.ndarray]]]:
         """(records, images) in batches of batch_size, in order, fetching the next batch
         while the caller computes on the current one."""
-        request = inflight.current()
         chunks = [list(records[i : i + batch_size]) for i in range(0, len(records), batch_size)]
+        request = inflight.current()
         pending = [self._pool.submit(self.load, r, request) for r in chunks[0]] if chunks else []
         for number, chunk in enumerate(chunks):
             current = pending
@@ -94,3 +133,12 @@ class ImageLoader:
                     future.cancel()
                 raise
             yield chunk, images
+
+
+@contextlib.contextmanager
+def _naming(record: Record) -> Iterator[None]:
+    """Prefix S3 errors with the record they concern."""
+    try:
+        yield
+    except InferenceError as exc:
+        raise InferenceError(exc.status_code, f"record {record.index}: {exc.message}") from None

@@ -1,7 +1,10 @@
-"""The archive manifest: which model kind, its configuration, and each file's sha256.
+"""The archive manifest: which model kind, its configuration, its artifacts, and each
+file's sha256.
 
 One format for every model kind. `smvision archive build` writes it; model_fn reads it
-and refuses an archive whose files do not match.
+and refuses an archive whose files do not match. `artifacts` names each file the kind
+loads by its role (EfficientDet: {"weights": "model.pth"}; SAM: {"encoder": ...,
+"decoder": ...}). Format 1 (one `weights` file) is still read, as {"weights": file}.
 
 The sha256 check guards against a damaged or incomplete archive, not a malicious one:
 whoever can change the files can change the manifest too, and the entry script
@@ -18,7 +21,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: a single "weights" file instead of "artifacts"
 
 
 class ArchiveError(RuntimeError):
@@ -27,21 +31,34 @@ class ArchiveError(RuntimeError):
 
 @dataclass
 class Manifest:
-    """What an archive holds: kind, configuration, weights file, and file digests."""
+    """What an archive holds: kind, configuration, artifacts by role, and file digests."""
 
     kind: str
     config: dict[str, Any]
-    weights: str | None
+    artifacts: dict[str, str]  # role -> relative path, e.g. {"encoder": "sam_encoder.pth"}
     random_weights: bool
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> str | None:
+        """The "weights" artifact (the one file of a format-1 archive), if any."""
+        return self.artifacts.get("weights")
+
+    def artifact(self, model_dir: str | Path, role: str) -> Path:
+        """The path of the artifact with this role, or an ArchiveError naming the roles there are."""
+        name = self.artifacts.get(role)
+        if not name:
+            held = ", ".join(sorted(self.artifacts)) or "none"
+            raise ArchiveError(f"the {self.kind} archive at {model_dir} has no {role!r} artifact (it has: {held})")
+        return Path(model_dir) / name
 
     def to_json(self) -> str:
         document = {
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
             "config": self.config,
-            "weights": self.weights,
+            "artifacts": dict(sorted(self.artifacts.items())),
             "random_weights": self.random_weights,
             **self.extra,
             "files": dict(sorted(self.files.items())),
@@ -76,12 +93,13 @@ def read_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
     try:
         document = json.loads(path.read_text())
         version = document.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ArchiveError(f"{path}: format_version {version!r}; this smvision reads {FORMAT_VERSION}")
+        if version not in READABLE_VERSIONS:
+            readable = " and ".join(map(str, READABLE_VERSIONS))
+            raise ArchiveError(f"{path}: format_version {version!r}; this smvision reads {readable}")
         manifest = Manifest(
             kind=document["kind"],
             config=document["config"],
-            weights=document.get("weights"),
+            artifacts=_artifacts(document),
             random_weights=bool(document.get("random_weights", False)),
             files=dict(document["files"]),
             extra={k: v for k, v in document.items() if k not in _CORE_FIELDS},
@@ -93,7 +111,18 @@ def read_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
     return manifest
 
 
-_CORE_FIELDS = {"format_version", "kind", "config", "weights", "random_weights", "files"}
+_CORE_FIELDS = {"format_version", "kind", "config", "artifacts", "weights", "random_weights", "files"}
+
+
+def _artifacts(document: dict[str, Any]) -> dict[str, str]:
+    """Format 2's "artifacts", or format 1's single "weights" file as {"weights": file}."""
+    if "artifacts" in document:
+        artifacts = document["artifacts"]
+        if not isinstance(artifacts, dict) or not all(isinstance(v, str) for v in artifacts.values()):
+            raise TypeError("'artifacts' must map each role to a file name")
+        return dict(artifacts)
+    weights = document.get("weights")
+    return {"weights": weights} if weights else {}
 
 
 def check_entry(root: Path, name: str) -> Path:

@@ -1,7 +1,10 @@
 """Request -> records: one record per CSV line, JSON element, JSON line or raw image.
 
 A record is an image source (an S3 object, or inline bytes) plus the caller's
-parameters for it. Parameters are checked by the model kind, which knows their names.
+parameters for it. Parameters are checked by the model kind, which knows their names;
+so is whether a record must name an image at all (sam-decode's records carry an image
+embedding as a parameter instead). RECORD_PARSERS is this module's part of the media
+table (smvision.media).
 """
 
 from __future__ import annotations
@@ -14,15 +17,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
-from smvision.errors import InferenceError, bad_request, too_large, unsupported_content_type
+from smvision.errors import InferenceError, bad_request, too_large
+from smvision.media import CSV, IMAGE_TYPES, JSON, JSONLINES, MediaTable, media_type  # noqa: F401 (media_type: re-export)
 from smvision.params import env_int
 from smvision.quoting import quote
-
-JSON_TYPES = ("application/json",)
-JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
-CSV_TYPES = ("text/csv",)
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/tiff", "application/x-image")
-SUPPORTED_CONTENT_TYPES = [*JSON_TYPES, *JSONLINES_TYPES, *CSV_TYPES, *IMAGE_TYPES]
 
 #: JSON fields that name the image; every other field is a parameter.
 SOURCE_FIELDS = ("bucket", "key", "s3_uri", "image")
@@ -55,11 +53,13 @@ class Record:
     """One image to process and the caller's parameters for it."""
 
     index: int
-    source: ImageSource
+    source: ImageSource | None  # None: the record names no image (its kind may not need one)
     params: Mapping[str, Any]
 
     def label(self) -> str:
         """How error messages name this record (the caller's reference quoted)."""
+        if self.source is None:
+            return f"record {self.index}"
         source = self.source.describe()
         return f"record {self.index} ({quote(source) if self.source.is_s3 else source})"
 
@@ -74,40 +74,67 @@ class Request:
 
     records: list[Record]
     is_list: bool
-
-
-def media_type(content_type: str | None) -> str:
-    """'Application/JSON; charset=utf-8' -> 'application/json'."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
+    media_type: str = JSON  # the body's (canonical) Content-Type, for kinds that take fewer types
 
 
 def parse_request(body: bytes | str, content_type: str | None) -> Request:
     """Turn a request body into records, or raise a 400/415 InferenceError."""
-    kind = media_type(content_type)
-    if kind in IMAGE_TYPES:
-        data = body.encode("latin-1") if isinstance(body, str) else bytes(body)
-        if not data:
-            raise bad_request("the request body is empty; send the image bytes")
-        return Request([Record(0, ImageSource(data=data), {})], is_list=False)
-    if kind not in SUPPORTED_CONTENT_TYPES:
-        raise unsupported_content_type(content_type or "(none)", SUPPORTED_CONTENT_TYPES)
-    text = _text(body)
-    limit = max_records()
-    if kind in CSV_TYPES:
-        records = [_csv_record(i, row) for i, row in enumerate(_capped(_csv_rows(text), limit))]
-        is_list = True
-    elif kind in JSONLINES_TYPES:
-        lines = _capped(_lines(text), limit)
-        records = [_json_record(i, _load_json(line, f"line {i + 1}")) for i, line in enumerate(lines)]
-        is_list = True
-    else:
-        document = _load_json(text, "the body")
-        is_list = isinstance(document, list)
-        items = document if is_list else [document]
-        records = [_json_record(i, item) for i, item in enumerate(_capped(items, limit))]
+    return REQUESTS.parse(body, content_type)
+
+
+def parse_image_body(body: bytes | str, kind: str) -> Request:
+    """A raw image body: one record with inline bytes."""
+    data = body.encode("latin-1") if isinstance(body, str) else bytes(body)
+    if not data:
+        raise bad_request("the request body is empty; send the image bytes")
+    return Request([Record(0, ImageSource(data=data), {})], is_list=False, media_type=kind)
+
+
+def parse_csv_body(body: bytes | str, kind: str) -> Request:
+    """CSV: one S3 reference per line (the first column)."""
+    records = [_csv_record(i, row) for i, row in enumerate(_capped(_csv_rows(_text(body)), max_records()))]
+    return _request(records, True, kind)
+
+
+def parse_jsonlines_body(body: bytes | str, kind: str) -> Request:
+    """JSON lines: one record object per line."""
+    lines = _capped(_lines(_text(body)), max_records())
+    records = [_json_record(i, _load_json(line, f"line {i + 1}")) for i, line in enumerate(lines)]
+    return _request(records, True, kind)
+
+
+def parse_json_body(body: bytes | str, kind: str) -> Request:
+    """JSON: one record object, or an array of them."""
+    document = _load_json(_text(body), "the body")
+    is_list = isinstance(document, list)
+    items = document if is_list else [document]
+    records = [_json_record(i, item) for i, item in enumerate(_capped(items, max_records()))]
+    return _request(records, is_list, kind)
+
+
+def _request(records: list[Record], is_list: bool, kind: str) -> Request:
     if not records:
         raise bad_request("the request holds no records")
-    return Request(records, is_list=is_list)
+    return Request(records, is_list=is_list, media_type=kind)
+
+
+#: Content-Type -> parser: the record formats of CONTRACT section 3, which every kind shares
+RECORD_PARSERS = {
+    JSON: parse_json_body,
+    JSONLINES: parse_jsonlines_body,
+    CSV: parse_csv_body,
+    **{kind: parse_image_body for kind in IMAGE_TYPES},
+}
+REQUESTS = MediaTable(parsers=RECORD_PARSERS)
+
+
+def require_image(record: Record) -> ImageSource:
+    """The record's image source, or a 400 saying how to name one."""
+    if record.source is None:
+        raise bad_request(
+            f"record {record.index} names no image: give 'bucket' and 'key', 's3_uri', or 'image' (base64)"
+        )
+    return record.source
 
 
 def max_records() -> int:
@@ -196,7 +223,7 @@ def _json_record(index: int, item: Any) -> Record:
         return Record(index, ImageSource(bucket=bucket, key=key), params)
     bucket, key = item.get("bucket"), item.get("key")
     if bucket is None and key is None:
-        raise bad_request(f"{where} names no image: give 'bucket' and 'key', 's3_uri', or 'image' (base64)")
+        return Record(index, None, params)
     for name, value in (("bucket", bucket), ("key", key)):
         if not isinstance(value, str) or not value.strip():
             raise bad_request(f"{where}: '{name}' must be a non-empty string")

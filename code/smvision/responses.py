@@ -1,36 +1,71 @@
-"""Results -> response body for the caller's Accept type."""
+"""Results -> response body for the caller's Accept type.
+
+RESULT_ENCODERS is this module's part of the media table (smvision.media): JSON and JSON
+lines, which every kind answers. In JSON, a numpy array in a result (a SAM embedding, a
+mask as `npy`, low-res logits) is written as base64 of its .npy bytes.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Sequence
 
-from smvision.errors import unsupported_accept
-from smvision.records import JSONLINES_TYPES
+import numpy as np
 
-JSON = "application/json"
-JSONLINES = "application/jsonlines"
-SUPPORTED_ACCEPTS = [JSON, *JSONLINES_TYPES]
+from smvision.media import JSON, JSONLINES, MediaTable
+from smvision.npy import npy_base64
+
+
+@dataclass(frozen=True)
+class Results:
+    """One result per record, in order, and whether the request was list-shaped.
+
+    A JSON array, CSV lines or JSON lines are list-shaped and get a list back, even with a
+    single record; one JSON object or one raw image gets one result back.
+    """
+
+    items: Sequence[dict[str, Any]]
+    is_list: bool
+
+
+def encode_json(results: Results) -> bytes:
+    """JSON: an array for list-shaped requests, else one object."""
+    document: Any = list(results.items) if results.is_list else results.items[0]
+    return _dumps(document).encode("utf-8")
+
+
+def encode_jsonlines(results: Results) -> bytes:
+    """JSON lines: one line per record."""
+    return "".join(_dumps(item) + "\n" for item in results.items).encode("utf-8")
+
+
+def _dumps(document: Any) -> str:
+    return json.dumps(document, separators=(",", ":"), default=_json_value)
+
+
+def _json_value(value: Any) -> Any:
+    """What json cannot write itself: arrays as base64 .npy, numpy scalars as numbers."""
+    if isinstance(value, np.ndarray):
+        return npy_base64(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+#: Accept type -> encoder: what every kind answers
+RESULT_ENCODERS = {JSON: encode_json, JSONLINES: encode_jsonlines}
+ANSWERS = MediaTable(encoders=RESULT_ENCODERS)
+SUPPORTED_ACCEPTS = ANSWERS.accepts
 
 
 def choose_accept(accept: str | None) -> str:
     """The first supported type in an Accept header ('*/*' and none mean JSON); else 406."""
-    if not accept:
-        return JSON
-    for part in accept.split(","):
-        kind = part.split(";", 1)[0].strip().lower()
-        if kind in ("*/*", "application/*", JSON):
-            return JSON
-        if kind in JSONLINES_TYPES:
-            return JSONLINES
-    raise unsupported_accept(accept, SUPPORTED_ACCEPTS)
+    return ANSWERS.choose_accept(accept)
 
 
-def encode_results(results: Sequence[dict[str, Any]], is_list: bool, accept: str | None) -> tuple[bytes, str]:
-    """JSON: an array for list-shaped requests, else one object. JSON lines: one line each."""
-    kind = choose_accept(accept)
-    if kind == JSONLINES:
-        body = "".join(json.dumps(result, separators=(",", ":")) + "\n" for result in results)
-        return body.encode("utf-8"), JSONLINES
-    document: Any = list(results) if is_list else results[0]
-    return json.dumps(document, separators=(",", ":")).encode("utf-8"), JSON
+def encode_results(
+    results: Sequence[dict[str, Any]], is_list: bool, accept: str | None, media: MediaTable = ANSWERS
+) -> tuple[bytes, str]:
+    """(body, content type) of results for the Accept type, with media's encoders."""
+    return media.encode(Results(results, is_list), accept)

@@ -1,4 +1,4 @@
-"""Reading image bytes from S3 through boto3, with an allowlist and clear 4xx errors.
+"""Reading (and writing) objects in S3 through boto3, with an allowlist and clear 4xx errors.
 
 boto3 honours AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, so the same code reads from AWS,
 MinIO or a local moto server.
@@ -11,15 +11,19 @@ timeout, never botocore's 60 s read timeout times its retries.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from dataclasses import dataclass, field
+from typing import Iterator
 
 from smvision import inflight
 from smvision.errors import InferenceError, bad_request, not_found, too_large
 from smvision.quoting import quote
 
 ALLOWED_BUCKETS_ENV = "SMVISION_ALLOWED_BUCKETS"
+_GERUNDS = {"read": "reading", "write": "writing"}
 
 log = logging.getLogger("smvision")
 
@@ -95,7 +99,34 @@ class S3Reader:
 
         request: the request this read belongs to (default: the one open on this
         thread); its deadline bounds the timeouts and retries."""
+        return self.get(bucket, key, request).data
+
+    def get(self, bucket: str, key: str, request: inflight.Inflight | None = None) -> S3Object:
+        """The object's bytes and ETag; errors as read()."""
+        with self._call(bucket, key, "read", request) as client:
+            response = client.get_object(Bucket=bucket, Key=key)
+            size = response.get("ContentLength") or 0
+            if size > self.max_bytes:
+                response["Body"].close()
+                raise too_large(f"{quote(f's3://{bucket}/{key}')} is {size:,} bytes; the limit is {self.max_bytes:,}")
+            return S3Object(response["Body"].read(), response.get("ETag", ""))
+
+    def etag(self, bucket: str, key: str, request: inflight.Inflight | None = None) -> str:
+        """The object's ETag from a HEAD request (no body read); errors as read()."""
+        with self._call(bucket, key, "read", request) as client:
+            return client.head_object(Bucket=bucket, Key=key).get("ETag", "")
+
+    def put(self, bucket: str, key: str, data: bytes, request: inflight.Inflight | None = None) -> str:
+        """Write an object (same allowlist as reads); returns its ETag."""
+        with self._call(bucket, key, "write", request) as client:
+            return client.put_object(Bucket=bucket, Key=key, Body=data).get("ETag", "")
+
+    @contextlib.contextmanager
+    def _call(self, bucket: str, key: str, verb: str, request: inflight.Inflight | None) -> Iterator[object]:
+        """Check the allowlist and the deadline, yield a client whose timeouts fit the
+        time left, and turn boto errors into 4xx / 502 / 504 InferenceErrors."""
         uri = quote(f"s3://{bucket}/{key}")
+        doing = _GERUNDS[verb]
         if self.allowed_buckets is not None and bucket not in self.allowed_buckets:
             raise InferenceError(
                 403, f"bucket {quote(bucket)} is not in {ALLOWED_BUCKETS_ENV} ({', '.join(sorted(self.allowed_buckets))})"
@@ -105,27 +136,30 @@ class S3Reader:
         request = request if request is not None else inflight.current()
         remaining = request.remaining() if request is not None else None
         if request is not None:
-            request.check(f"before reading {uri}")
+            request.check(f"before {doing} {uri}")
         try:
-            response = self.client_for(budget(remaining)).get_object(Bucket=bucket, Key=key)
-            size = response.get("ContentLength") or 0
-            if size > self.max_bytes:
-                response["Body"].close()
-                raise too_large(f"{uri} is {size:,} bytes; the limit is {self.max_bytes:,}")
-            return response["Body"].read()
+            yield self.client_for(budget(remaining))
         except ParamValidationError as exc:
             raise bad_request(f"{uri} is not a valid S3 reference: {quote(str(exc))}") from None
         except ClientError as exc:
-            raise _client_error(exc, bucket, key) from None
+            raise _client_error(exc, bucket, key, verb) from None
         except BotoCoreError as exc:
             # The detail (it names the endpoint URL) goes to the log, not to the caller.
-            log.warning("reading %s failed: %s", uri, exc)
+            log.warning("%s %s failed: %s", doing, uri, exc)
             if request is not None:
-                request.check(f"reading {uri}")
-            raise InferenceError(502, f"could not read {uri}: S3 did not answer ({type(exc).__name__})") from None
+                request.check(f"{doing} {uri}")
+            raise InferenceError(502, f"could not {verb} {uri}: S3 did not answer ({type(exc).__name__})") from None
 
 
-def _client_error(exc, bucket: str, key: str) -> InferenceError:
+@dataclass(frozen=True)
+class S3Object:
+    """An object's bytes and its ETag (which changes whenever the object does)."""
+
+    data: bytes = field(repr=False)
+    etag: str
+
+
+def _client_error(exc, bucket: str, key: str, verb: str = "read") -> InferenceError:
     uri = quote(f"s3://{bucket}/{key}")
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
@@ -135,11 +169,11 @@ def _client_error(exc, bucket: str, key: str) -> InferenceError:
     if code in ("NoSuchKey", "404", "NotFound") or status == 404:
         return not_found(f"{uri} does not exist: no object with key {quote(key)} in bucket {quote(bucket)}")
     if code in ("AccessDenied", "403", "Forbidden") or status == 403:
-        return InferenceError(403, f"access denied reading {uri}: the endpoint's role may not read it")
+        return InferenceError(403, f"access denied {_GERUNDS[verb]} {uri}: the endpoint's role may not {verb} it")
     if code == "InvalidBucketName":
         return bad_request(f"{quote(bucket)} is not a valid bucket name")
     reason = f"{code or status}: {quote(str(error.get('Message', '')))}"
     if isinstance(status, int) and 400 <= status < 500:
-        return bad_request(f"S3 refused to read {uri} ({reason})")
-    log.warning("S3 answered %s reading %s", reason, uri)
-    return InferenceError(502, f"S3 answered {code or status} reading {uri}")
+        return bad_request(f"S3 refused to {verb} {uri} ({reason})")
+    log.warning("S3 answered %s %s %s", reason, _GERUNDS[verb], uri)
+    return InferenceError(502, f"S3 answered {code or status} to a {verb} of {uri}")

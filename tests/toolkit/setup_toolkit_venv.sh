@@ -21,8 +21,9 @@
 # would leak into the project's tested environment, and the project's own packages
 # (efficientnet_pytorch, smvision itself) would hide what the AWS image lacks. This venv
 # holds what the AWS PyTorch 2.6 inference image holds (torch, torchvision, numpy,
-# pillow, boto3, scipy, the toolkit and TorchServe) plus code/requirements.txt, which the
-# toolkit pip-installs at every start, exactly as the image does.
+# pillow, boto3, scipy, the toolkit and TorchServe) plus every kind's code/requirements.txt
+# (archive/requirements.py, the union of all kinds), which the toolkit pip-installs at
+# every start, exactly as the image does: preinstalled, that install finds nothing to do.
 #
 # The last line printed on stdout is the venv's directory.
 set -euo pipefail
@@ -54,7 +55,7 @@ PROJECT_PYTHON="$(command -v "$PROJECT_PYTHON")"
 KEY="$(
   {
     cat "$0"
-    cat "$REPO/code/requirements.txt" 2>/dev/null || true
+    cat "$REPO/archive/requirements.py"
     "$PROJECT_PYTHON" - "${BORROW[@]}" <<'PY'
 import sys, sysconfig, importlib.metadata as md
 print(sys.version, sys.base_prefix, sysconfig.get_paths()["purelib"])
@@ -139,9 +140,11 @@ echo "$SHARED" > "$SITE/zz_smvision_borrowed.pth"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$PY" -m pip install --quiet "${TOOLKIT_PINS[@]}"
-if [ -f "$REPO/code/requirements.txt" ]; then
-  "$PY" -m pip install --quiet -r "$REPO/code/requirements.txt"
-fi
+# Every kind's code/requirements.txt, as archive/requirements.py writes them (run without
+# importing smvision: the file is self-contained).
+KIND_REQUIREMENTS="$VENV/kind-requirements.txt"
+"$PROJECT_PYTHON" "$REPO/archive/requirements.py" > "$KIND_REQUIREMENTS"
+"$PY" -m pip install --quiet -r "$KIND_REQUIREMENTS"
 "$PY" -c "import sagemaker_pytorch_serving_container.serving, ts, torch, yaml, pkg_resources" \
   2>/dev/null
 echo "$KEY" > "$VENV/.smvision-stamp"

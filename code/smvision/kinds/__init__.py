@@ -8,20 +8,33 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from smvision.manifest import ArchiveError, read_manifest
-from smvision.records import Request
+from smvision.media import MediaTable
+from smvision.records import RECORD_PARSERS, Request
+from smvision.responses import RESULT_ENCODERS
 
 log = logging.getLogger("smvision")
 
 #: kind name (as written in manifest.json) -> module with load(model_dir, manifest)
 KINDS = {
     "efficientdet": "smvision.kinds.efficientdet",
+    "sam-encode": "smvision.kinds.sam_encode",
+    "sam-decode": "smvision.kinds.sam_decode",
+    "sam": "smvision.kinds.sam",
 }
+
+#: the media types every kind takes and answers; a kind's `media` may extend or narrow it
+BASE_MEDIA = MediaTable(parsers=RECORD_PARSERS, encoders=RESULT_ENCODERS)
 
 
 class Model(Protocol):
-    """What every kind's load() returns."""
+    """What every kind's load() returns. `media` is optional (default BASE_MEDIA)."""
 
     def predict(self, request: Request) -> list[dict[str, Any]]: ...
+
+
+def media_of(model: Model) -> MediaTable:
+    """The media table of a loaded model: its own, or BASE_MEDIA."""
+    return getattr(model, "media", BASE_MEDIA)
 
 
 def load_model(model_dir: str | Path) -> Model:

@@ -7,10 +7,16 @@ CUDA provider comes first.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from smvision.threads import threads_per_worker
+
+# onnxruntime 1.31 writes a device id and a telemetry database under
+# $XDG_CACHE_HOME/Microsoft/DeveloperTools/.onnxruntime when imported, unless this is set
+# first: no writes outside the model's temporary dirs (a home may be read-only).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def providers(device: str = "cpu") -> list[str]:

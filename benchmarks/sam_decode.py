@@ -1,0 +1,257 @@
+"""SAM decode, one point at 1500x2250: the upstream ONNX recipe vs ours, in one run.
+
+- upstream: segment_anything's SamOnnxModel exported with the slicing fix, onnxruntime on
+  2 threads, four masks upsampled in the graph to 1024 and then to the original size,
+  thresholded in numpy (the bare onnxruntime call: no HTTP, no encoding).
+- ours in-process: SamDecoder.decode (the sam-decode archive's .onnx) + RLE of the three
+  multimask masks (encode_masks(result.runs, "rle")).
+- ours over HTTP: `smvision serve` with the sam-decode archive, one JSON request with
+  the embedding inline (base64 .npy), one point, mask_format rle; timed from send to the
+  last byte of the answer.
+
+The decoder is the same 4.06M parameters for every model type: vit_b's, random weights
+from a fixed seed (the archive is built with the same seed, so all paths share weights).
+The embedding is a real photo (skimage coffee, 400x600, upscaled to 1500x2250) through
+the CI-sized encoder. Random weights give salt-and-pepper masks (an edge at every other
+pixel) that no trained SAM gives; by default (--masks photo) each transposed
+convolution's 2x2 taps are tied, so the masks follow the photo's shapes in 4x4 blocks
+(rather more edges than a trained SAM's one-object masks). The arithmetic is the same
+either way: only the work per mask edge differs. The paths alternate call by call (order rotating each round) so
+machine load hits them alike; the masks of all paths are compared (IoU).
+
+    python benchmarks/sam_decode.py [--rounds 40] [--no-http] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support import Server, skimage_photo  # noqa: E402
+
+HEIGHT, WIDTH = 1500, 2250
+POINT = [1125.0, 750.0]
+SEED = 0
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    """(p50, p95) in milliseconds (statistics.quantiles, inclusive)."""
+    cuts = statistics.quantiles(seconds, n=20, method="inclusive")
+    return statistics.median(seconds) * 1000, cuts[18] * 1000
+
+
+def photo_embedding() -> np.ndarray:
+    """(1, 256, 64, 64) float32: coffee.png at 1500x2250 through the CI-sized encoder."""
+    import torch
+    from PIL import Image
+    from segment_anything import SamPredictor
+
+    from smvision.models.sam.build import build_sam, sam_config
+
+    pixels = np.asarray(Image.open(skimage_photo("coffee.png")).convert("RGB").resize((WIDTH, HEIGHT), Image.BILINEAR))
+    torch.manual_seed(SEED)
+    predictor = SamPredictor(build_sam(sam_config("vit_tiny_test")))
+    predictor.set_image(pixels)
+    return predictor.get_image_embedding().numpy()
+
+
+def tie_upscaling_taps(sam):
+    """Each ConvTranspose2d(k=2, s=2) of output_upscaling: all 2x2 taps = the first."""
+    import torch
+
+    with torch.no_grad():
+        for layer in sam.mask_decoder.output_upscaling:
+            if isinstance(layer, torch.nn.ConvTranspose2d):
+                layer.weight[:] = layer.weight[:, :, :1, :1]
+    return sam
+
+
+def build(model_type: str, workdir: Path, photo_masks: bool) -> tuple[Path, Path]:
+    """(the upstream graph .onnx, the unpacked sam-decode archive), same random weights."""
+    import torch
+
+    from smvision.archive.sam import build_sam_archive
+    from smvision.archive.sam_onnx import export_sam_decoder
+    from smvision.models.sam import build as sam_build
+
+    plain_build = sam_build.build_sam
+
+    def build_sam(config):
+        sam = plain_build(config)
+        return tie_upscaling_taps(sam) if photo_masks else sam
+
+    torch.manual_seed(SEED)
+    upstream = export_sam_decoder(build_sam(sam_build.sam_config(model_type)), workdir / "upstream.onnx", upsample=True)
+    sam_build.build_sam = build_sam  # the archive builder builds (seed SEED) through it
+    try:
+        archive = build_sam_archive(workdir / "model.tar.gz", "sam-decode", model_type, seed=SEED)
+    finally:
+        sam_build.build_sam = plain_build
+    model_dir = workdir / "model"
+    with tarfile.open(archive) as tar:
+        tar.extractall(model_dir, filter="data")
+    return upstream, model_dir
+
+
+def upstream_session(path: Path, threads: int):
+    """The recipe's session: default options, `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def upstream_feed(embedding: np.ndarray) -> dict[str, np.ndarray]:
+    """One point plus the (0, 0) / -1 padding point, coordinates resized to 1024."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    coords = ResizeLongestSide(1024).apply_coords(np.array([POINT, [0.0, 0.0]]), (HEIGHT, WIDTH))
+    return {
+        "image_embeddings": embedding,
+        "point_coords": coords[None].astype(np.float32),
+        "point_labels": np.array([[1.0, -1.0]], dtype=np.float32),
+        "mask_input": np.zeros((1, 1, 256, 256), dtype=np.float32),
+        "has_mask_input": np.zeros(1, dtype=np.float32),
+        "orig_im_size": np.array([HEIGHT, WIDTH], dtype=np.float32),
+    }
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def timed(call: Callable[[], object], cpu: Callable[[], float] = time.process_time) -> Callable[[], tuple[float, float]]:
+    """call -> (wall seconds, CPU seconds of `cpu`'s process(es)) per call."""
+
+    def run() -> tuple[float, float]:
+        cpu_before, started = cpu(), time.perf_counter()
+        call()
+        return time.perf_counter() - started, cpu() - cpu_before
+
+    return run
+
+
+def process_tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants (/proc; 10 ms ticks)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model-type", default="vit_b")
+    parser.add_argument("--no-http", action="store_true", help="skip the server (in-process only)")
+    parser.add_argument("--masks", choices=("photo", "random"), default="photo", help="see the module docstring")
+    args = parser.parse_args()
+
+    from pycocotools import mask as mask_utils
+
+    from smvision.models.sam.decoder import SamDecoder
+    from smvision.models.sam.masks import encode_masks
+    from smvision.models.sam.prompts import parse_prompts
+
+    scratch = tempfile.TemporaryDirectory(prefix="sam-decode-bench-")
+    workdir = Path(scratch.name)
+    print(f"building the {args.model_type} decoder (random weights, seed {SEED}) and the embedding ...", flush=True)
+    upstream_path, model_dir = build(args.model_type, workdir, args.masks == "photo")
+    embedding = photo_embedding()
+    session = upstream_session(upstream_path, args.threads)
+    feed = upstream_feed(embedding)
+    decoder = SamDecoder(next(model_dir.glob("**/*.onnx")), threads=args.threads)
+    params = {"points": [POINT], "labels": [1], "mask_format": "rle"}
+    prompts = parse_prompts(params, (HEIGHT, WIDTH), "bench")
+
+    def run_upstream() -> np.ndarray:
+        logits, _, _ = session.run(None, feed)
+        return logits > 0.0
+
+    def run_ours() -> list:
+        return encode_masks(decoder.decode(embedding, (HEIGHT, WIDTH), prompts).runs, "rle")
+
+    paths: dict[str, Callable[[], tuple[float, float]]] = {"upstream recipe (bare ORT)": timed(run_upstream), "ours in-process": timed(run_ours)}
+    reference = run_upstream()[0, 1:]
+    answers = {"ours in-process": run_ours()}
+
+    server = None
+    if not args.no_http:
+        import requests
+
+        buffer = io.BytesIO()
+        np.save(buffer, embedding)
+        body = json.dumps({"image_embedding": base64.b64encode(buffer.getvalue()).decode(), "original_size": [HEIGHT, WIDTH], **params}).encode()
+        env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SMVISION_THREADS": str(args.threads)}
+        server = Server(model_dir, env=env, log_path=workdir / "serve.log").wait_ready()
+        http = requests.Session()
+        url = server.url + "/invocations"
+
+        def post() -> bytes:
+            response = http.post(url, data=body, headers={"Content-Type": "application/json", "Accept": "application/json"})
+            response.raise_for_status()
+            return response.content
+
+        paths["ours over HTTP"] = timed(post, lambda: process_tree_cpu(server.process.pid))
+        answer = json.loads(post())
+        answer = answer[0] if isinstance(answer, list) else answer
+        answers["ours over HTTP"] = answer["masks"]
+
+    try:
+        for name, masks in answers.items():
+            decoded = mask_utils.decode(masks).transpose(2, 0, 1).astype(bool)
+            ious = [iou(a, b) for a, b in zip(decoded, reference)]
+            print(f"{name}: IoU with the upstream masks {', '.join(f'{v:.5f}' for v in ious)} "
+                  f"(mask areas {', '.join(f'{m.mean():.1%}' for m in reference)}, {sum(len(m['counts']) for m in masks)} RLE chars)")
+        for run in paths.values():  # warm up
+            run()
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        cpu: dict[str, list[float]] = {name: [] for name in paths}
+        names = list(paths)
+        for i in range(args.rounds):
+            for name in names[i % len(names):] + names[: i % len(names)]:
+                wall, used = paths[name]()
+                times[name].append(wall)
+                cpu[name].append(used)
+    finally:
+        if server is not None:
+            server.stop()
+        scratch.cleanup()
+
+    print(f"\n{args.rounds} rounds, {HEIGHT}x{WIDTH}, one point, {args.masks} masks, {args.threads} threads, os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+    base_p50, base_p95 = percentiles(times[names[0]])
+    base_cpu = statistics.fmean(cpu[names[0]]) * 1000
+    for name in names:
+        p50, p95 = percentiles(times[name])
+        mean_cpu = statistics.fmean(cpu[name]) * 1000
+        ratio = "" if name == names[0] else f"   {base_p50 / p50:.2f}x faster at p50, {base_p95 / p95:.2f}x at p95, {base_cpu / mean_cpu:.2f}x less CPU"
+        print(f"{name:28s} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   CPU {mean_cpu:6.1f} ms/call{ratio}")
+    print("(CPU: this process's time for in-process calls; the server's process tree, 10 ms ticks, for HTTP)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

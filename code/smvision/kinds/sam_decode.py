@@ -1,0 +1,195 @@
+"""The sam-decode kind: an image embedding + prompts -> masks (ONNX Runtime, CPU).
+
+A record (JSON, or one per JSON line) carries
+  image_embedding  base64 of the .npy sam-encode answers ((1, 256, 64, 64), float32 or
+                   float16), or an S3 reference to such a .npy: {"s3_uri": "s3://b/k.npy"}
+                   or {"bucket": B, "key": K}
+  original_size    [H, W] of the image the embedding came from (sam-encode answers it)
+and the prompts of smvision.models.sam.prompts: points + labels, box, mask_input,
+multimask_output, mask_format (rle | png | polygon | npy), return_logits.
+
+Answer per record: {"masks": [...], "scores": [...], "mask_format", "original_size",
+"low_res_logits": <base64 .npy (K, 256, 256)> when return_logits}; masks are in
+original-image pixels, K = 3 with multimask_output (the default), else 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from smvision.errors import InferenceError, bad_request
+from smvision.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
+from smvision.inflight import check_deadline, stage
+from smvision.kinds import BASE_MEDIA
+from smvision.manifest import Manifest
+from smvision.media import JSON, JSONLINES, MediaTable
+from smvision.npy import load_npy, load_npy_base64
+from smvision.params import check_known, env_int
+from smvision.records import Record, Request, parse_s3_reference
+from smvision.s3 import S3Reader, allowed_buckets_from_env
+
+log = logging.getLogger("smvision")
+
+EMBEDDING_SHAPE = (1, 256, 64, 64)
+EMBEDDING_DTYPES = (np.float32, np.float16)
+
+#: sam-decode's records are JSON objects (an embedding is no image): JSON and JSON lines only
+MEDIA = BASE_MEDIA.narrow(content_types=[JSON, JSONLINES])
+
+
+def check_content_type(media: MediaTable, request: Request) -> None:
+    """415 when the request's body type is one the kind does not take."""
+    media.parser(request.media_type)
+
+
+def parse_original_size(value: Any, where: str, max_pixels: int) -> tuple[int, int]:
+    """[H, W] -> (H, W): two positive integers, at most max_pixels in all; else a 400."""
+    if value is None:
+        raise bad_request(f"{where}: 'original_size' [H, W] is missing (sam-encode answers it with the embedding)")
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
+    ):
+        raise bad_request(f"{where}: 'original_size' must be [H, W], two positive integers, got {value!r}"[:300])
+    height, width = value
+    if height * width > max_pixels:
+        raise bad_request(f"{where}: 'original_size' {height}x{width} is over the limit of {max_pixels:,} pixels")
+    return int(height), int(width)
+
+
+def check_embedding(array: np.ndarray, where: str) -> np.ndarray:
+    """A (1, 256, 64, 64) float32 / float16 array -> float32 (C-contiguous); else a 400."""
+    if array.shape != EMBEDDING_SHAPE or array.dtype not in EMBEDDING_DTYPES:
+        raise bad_request(
+            f"{where}: 'image_embedding' must be a (1, 256, 64, 64) float32 or float16 array "
+            f"(what sam-encode answers), got shape {tuple(array.shape)} dtype {array.dtype}"
+        )
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise bad_request(f"{where}: 'image_embedding' holds NaN or infinite values")
+    return array
+
+
+def answer(result: Any, prompts: Any, original_size: tuple[int, int]) -> dict[str, Any]:
+    """CONTRACT section 5: masks in the asked format, scores, and logits on request."""
+    from smvision.models.sam.masks import encode_masks
+
+    with stage("masks"):
+        masks = encode_masks(result.masks, prompts.mask_format)
+    out: dict[str, Any] = {
+        "masks": masks,
+        "scores": [round(float(s), 5) for s in result.scores],
+        "mask_format": prompts.mask_format,
+        "original_size": list(original_size),
+    }
+    if prompts.return_logits:
+        out["low_res_logits"] = np.ascontiguousarray(result.low_res_logits, dtype=np.float32)
+    return out
+
+
+class EmbeddingReader:
+    """image_embedding values -> checked float32 arrays (inline base64 .npy, or from S3)."""
+
+    def __init__(self, reader: S3Reader | None = None) -> None:
+        self.reader = reader or S3Reader(allowed_buckets_from_env())
+
+    def reference(self, value: Any, where: str) -> tuple[str, str] | None:
+        """(bucket, key) for an S3 reference; None for inline base64; a 400 for anything else."""
+        if isinstance(value, str):
+            return None
+        if isinstance(value, Mapping):
+            if set(value) == {"s3_uri"} and isinstance(value["s3_uri"], str) and value["s3_uri"].startswith("s3://"):
+                return parse_s3_reference(value["s3_uri"])
+            if set(value) == {"bucket", "key"} and all(isinstance(value[k], str) and value[k] for k in value):
+                return value["bucket"], value["key"]
+        raise bad_request(
+            f"{where}: 'image_embedding' must be base64 .npy, {{\"s3_uri\": \"s3://bucket/key.npy\"}} "
+            f"or {{\"bucket\": ..., \"key\": ...}}, got {type(value).__name__}"
+        )
+
+    def read(self, value: Any, where: str) -> np.ndarray:
+        """The checked (1, 256, 64, 64) float32 embedding a record names."""
+        location = self.reference(value, where)
+        if location is None:
+            return check_embedding(load_npy_base64(value, f"{where}: 'image_embedding'"), where)
+        bucket, key = location
+        try:
+            data = self.reader.read(bucket, key)
+        except InferenceError as exc:
+            raise InferenceError(exc.status_code, f"{where}: {exc.message}") from None
+        return check_embedding(load_npy(data, f"{where}: s3://{bucket}/{key}"), where)
+
+
+class SamDecodeModel:
+    """A loaded ONNX decoder and the reader of the embeddings records name."""
+
+    media = MEDIA
+
+    def __init__(self, decoder: Any, embeddings: EmbeddingReader, max_pixels: int, threads: int = 8) -> None:
+        self.decoder = decoder
+        self.embeddings = embeddings
+        self.max_pixels = max_pixels
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="smvision-embeddings")
+
+    def predict(self, request: Request) -> list[dict[str, Any]]:
+        """One result per record, in order; every record's prompts are checked before any
+        embedding is read (S3 embeddings are read concurrently)."""
+        from smvision.models.sam.prompts import PROMPT_KEYS
+
+        check_content_type(self.media, request)
+        checked = []
+        for record in request.records:
+            where = f"record {record.index}"
+            if record.source is not None:
+                raise bad_request(
+                    f"{where}: sam-decode takes an 'image_embedding' (from sam-encode), not an image; "
+                    "the sam kind takes images and prompts in one call"
+                )
+            check_known(record.params, ("image_embedding", "original_size", *PROMPT_KEYS), where)
+            if record.params.get("image_embedding") is None:
+                raise bad_request(f"{where}: 'image_embedding' is missing (base64 .npy, or an S3 reference to one)")
+            self.embeddings.reference(record.params["image_embedding"], where)  # its shape, before any read
+            size = parse_original_size(record.params.get("original_size"), where, self.max_pixels)
+            checked.append((record, size, self.prompts(record, size)))
+        with stage("fetch"):
+            futures = [self._pool.submit(self.embeddings.read, r.params["image_embedding"], f"record {r.index}") for r, _, _ in checked]
+            embeddings = [future.result() for future in futures]
+        results = []
+        for (record, size, prompts), embedding in zip(checked, embeddings):
+            check_deadline(f"before decoding record {record.index}")
+            with stage("mask_decoder"):
+                result = self.decoder.decode(embedding, size, prompts)
+            results.append(answer(result, prompts, size))
+        return results
+
+    @staticmethod
+    def prompts(record: Record, original_size: tuple[int, int]) -> Any:
+        """The record's prompts, checked against the image size (400s name the record)."""
+        from smvision.models.sam.prompts import PROMPT_KEYS, parse_prompts
+
+        params = {k: v for k, v in record.params.items() if k in PROMPT_KEYS}
+        return parse_prompts(params, original_size, f"record {record.index}")
+
+
+def load_decoder(model_dir: Path, manifest: Manifest) -> Any:
+    """The archive's ONNX decoder on ONNX Runtime (CPU), warmed up with one point."""
+    from smvision.models.sam.decoder import SamDecoder
+    from smvision.models.sam.prompts import parse_prompts
+
+    decoder = SamDecoder(manifest.artifact(model_dir, "decoder"), device="cpu")
+    size = (683, 1024)
+    decoder.decode(np.zeros(EMBEDDING_SHAPE, np.float32), size, parse_prompts({"points": [[10, 10]], "labels": [1]}, size, "warm-up"))
+    log.info("SAM %s decoder loaded (ONNX Runtime, CPU)", manifest.config.get("model_type"))
+    return decoder
+
+
+def load(model_dir: Path, manifest: Manifest) -> SamDecodeModel:
+    """Load the decoder; embeddings named by S3 reference are read through boto3."""
+    max_pixels = env_int(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS, 1, 10**12)
+    return SamDecodeModel(load_decoder(model_dir, manifest), EmbeddingReader(), max_pixels)

@@ -1,0 +1,186 @@
+"""SAM's prompt encoder + mask decoder on ONNX Runtime: embedding + prompts -> masks.
+
+The same answer as segment_anything's SamPredictor.predict on the same embedding and
+prompts: coordinates through ResizeLongestSide(1024), a (0, 0) / -1 padding point when
+there is no box, multimask -> masks 1..3, single -> mask 0, low-res logits upscaled to
+1024, cropped to the resized image, upscaled to the original size, > 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from smvision.models.sam.masks import MaskRuns
+from smvision.models.sam.prompts import MASK_INPUT_SIZE, Prompts
+from smvision.runtimes.onnx import create_session
+
+IMG_SIZE = 1024
+EMBEDDING_SHAPE = (1, 256, 64, 64)
+MASK_THRESHOLD = 0.0
+DENSE_EDGES = 0.1  # sign changes per low-res sample above which dense_mask_runs is cheaper (measured)
+_BOX_LABELS = np.array([2.0, 3.0], dtype=np.float32)
+_PAD_POINT = np.zeros((1, 2), dtype=np.float32)
+_PAD_LABEL = np.array([-1.0], dtype=np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class DecodeResult:
+    """K masks (K = 3 for multimask, else 1) in original-image pixels.
+
+    masks is array-like (K, H, W) bool, held as COCO run lengths (MaskRuns): np.asarray
+    or indexing makes the full-size array on first use; encode_masks(masks, "rle") never
+    does."""
+
+    masks: MaskRuns
+    scores: np.ndarray  # (K,) float32, the predicted IoU
+    low_res_logits: np.ndarray  # (K, 256, 256) float32, mask_input for a next round
+
+    @property
+    def runs(self) -> MaskRuns:
+        """The masks as run lengths (the same object as masks)."""
+        return self.masks
+
+
+def input_size(original_size: tuple[int, int], long_side: int = IMG_SIZE) -> tuple[int, int]:
+    """(h, w) of the image resized so its long side is long_side (ResizeLongestSide)."""
+    height, width = original_size
+    scale = long_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+class SamDecoder:
+    """One ONNX Runtime session, made once; decode() per request."""
+
+    def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        self.session = create_session(onnx_path, device, threads)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.output_names = ["iou_predictions", "low_res_masks"]
+        self.transform = ResizeLongestSide(IMG_SIZE)
+        self._no_mask = np.zeros((1, 1, MASK_INPUT_SIZE, MASK_INPUT_SIZE), dtype=np.float32)
+
+    def feed(self, embedding: np.ndarray, original_size: tuple[int, int], prompts: Prompts) -> dict[str, np.ndarray]:
+        """The ONNX inputs for one embedding and its prompts (SamPredictor's conventions)."""
+        coords, labels = [], []
+        if prompts.points is not None:
+            coords.append(self.transform.apply_coords(prompts.points, original_size))
+            labels.append(prompts.labels)
+        if prompts.box is not None:
+            coords.append(self.transform.apply_boxes(prompts.box[None], original_size).reshape(2, 2))
+            labels.append(_BOX_LABELS)
+        else:
+            coords.append(_PAD_POINT)
+            labels.append(_PAD_LABEL)
+        has_mask = prompts.mask_input is not None
+        feed = {
+            "image_embeddings": np.ascontiguousarray(embedding, dtype=np.float32),
+            "point_coords": np.concatenate(coords).astype(np.float32)[None],
+            "point_labels": np.concatenate(labels).astype(np.float32)[None],
+            "mask_input": prompts.mask_input if has_mask else self._no_mask,
+            "has_mask_input": np.array([1.0 if has_mask else 0.0], dtype=np.float32),
+            "orig_im_size": np.array(original_size, dtype=np.float32),
+        }
+        return {name: value for name, value in feed.items() if name in self.input_names}
+
+    def decode(self, embedding: np.ndarray, original_size: tuple[int, int], prompts: Prompts) -> DecodeResult:
+        """Masks, scores and low-res logits for one image's embedding (1, 256, 64, 64)."""
+        scores, low_res = self.session.run(self.output_names, self.feed(embedding, original_size, prompts))
+        chosen = slice(1, None) if prompts.multimask_output else slice(0, 1)
+        low_res = low_res[0, chosen]
+        runs = mask_runs(low_res, input_size(original_size), original_size)
+        return DecodeResult(masks=runs, scores=scores[0, chosen], low_res_logits=low_res)
+
+
+def mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[int, int]) -> MaskRuns:
+    """(K, 256, 256) logits -> the run lengths of Sam.postprocess_masks(...) > 0 (bilinear
+    to 1024, crop to size (h, w), bilinear to original_size (H, W), threshold) without
+    making any (H, W) array.
+
+    Bilinear resizing is separable. Along x it is done for real, on the 256 low-res rows
+    only: cols[k, x, l] (K x W x 256). Along y, output column x is piecewise linear in
+    cols[k, x, :], so it can change sign only between low-res rows that do: there the two
+    1024-level samples around the crossing are interpolated, then the output row where
+    the final interpolation crosses zero. Those rows are the column's run boundaries, in
+    COCO's column-major order. Masks with an edge nearly everywhere (random weights) go
+    the plain way, dense_mask_runs, which is cheaper for them.
+    """
+    import cv2
+
+    count, n = low_res.shape[0], low_res.shape[-1]
+    h, w = size
+    height, width = original_size
+    up = IMG_SIZE // n
+    cols = np.empty((count, width, n), dtype=np.float32)
+    for k in range(count):  # transposed, so that both resizes run along x
+        wide = cv2.resize(np.ascontiguousarray(low_res[k].T), (n, IMG_SIZE), interpolation=cv2.INTER_LINEAR)
+        cols[k] = cv2.resize(wide[:w], (n, width), interpolation=cv2.INTER_LINEAR)
+    flat = cols.reshape(-1)
+    inside = flat > MASK_THRESHOLD
+    change = np.flatnonzero(inside[1:] != inside[:-1])
+    if len(change) > DENSE_EDGES * flat.size:
+        return dense_mask_runs(low_res, size, original_size)
+    change = change[change % n != n - 1]  # not from one column's end to the next one's start
+    column, row = np.divmod(change, n)  # sorted by (column, row)
+    above, below = flat[change], flat[change + 1]
+    crossing = row + above / (above - below)  # in low-res rows
+    # 1024-level rows r0, r0 + 1 on either side (row r sits at low-res (r + 0.5) / up - 0.5)
+    r0 = np.ceil((crossing + 0.5) * up - 0.5).astype(np.int64) - 1
+    keep = (r0 >= 0) & (r0 + 1 <= h - 1)
+    column, r0 = column[keep], r0[keep]
+    repeated = np.flatnonzero((column[1:] == column[:-1]) & (r0[1:] == r0[:-1])) + 1
+    column, r0 = np.delete(column, repeated), np.delete(r0, repeated)  # two crossings in one gap: see below
+    v0, v1 = _sample_rows(flat, column, r0, up, n), _sample_rows(flat, column, r0 + 1, up, n)
+    sign_change = (v0 > MASK_THRESHOLD) != (v1 > MASK_THRESHOLD)
+    column, r0, v0, v1 = column[sign_change], r0[sign_change], v0[sign_change], v1[sign_change]
+    crossing = r0 + v0 / (v0 - v1)  # in cropped 1024-level rows
+    # The first output row y whose source row (y + 0.5) * h / H - 0.5 is past the crossing.
+    y = np.ceil((crossing + 0.5) * (height / h) - 0.5).astype(np.int64)
+    columns = count * width
+    top = inside[::n]  # output row 0 lies before every crossing with y <= 0
+    first = top ^ (np.bincount(column[y <= 0], minlength=columns) & 1).astype(bool)
+    within = (y > 0) & (y < height)
+    toggles = column[within] * height + y[within]  # sorted
+    if (toggles[1:] == toggles[:-1]).any():  # a run of zero length is no run
+        toggles, repeats = np.unique(toggles, return_counts=True)
+        toggles = toggles[(repeats & 1) == 1]
+    last = first ^ (np.bincount(toggles // height, minlength=columns) & 1).astype(bool)
+    previous = np.concatenate([[False], last[:-1]])
+    previous[::width] = False  # every mask starts with a run of zeros
+    starts = np.flatnonzero(first != previous) * height
+    toggles = np.sort(np.concatenate([toggles, starts]))
+    size_each = height * width
+    bounds = np.searchsorted(toggles, np.arange(count + 1) * size_each)
+    counts = []
+    for k in range(count):
+        local = toggles[bounds[k] : bounds[k + 1]] - k * size_each
+        counts.append(np.diff(local, prepend=0, append=size_each).astype(np.uint32))
+    return MaskRuns.from_counts((height, width), counts)
+
+
+def _sample_rows(flat: np.ndarray, column: np.ndarray, row: np.ndarray, up: int, n: int) -> np.ndarray:
+    """cols[column] linearly interpolated at 1024-level row `row` (edges clamped)."""
+    source = np.maximum((row + 0.5) / up - 0.5, 0.0)
+    low = np.minimum(source.astype(np.int64), n - 1)
+    high = np.minimum(low + 1, n - 1)
+    fraction = (source - low).astype(np.float32)
+    base = column * n
+    return flat[base + low] * (1 - fraction) + flat[base + high] * fraction
+
+
+def dense_mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[int, int]) -> MaskRuns:
+    """mask_runs the plain way (full-size logits, thresholded, column by column), for masks
+    with so many edges that interpolating only at the edges costs more."""
+    import cv2
+
+    h, w = size
+    height, width = original_size
+    columns = np.empty((low_res.shape[0], width, height), dtype=bool)
+    for k, logits in enumerate(low_res):  # transposed, so each mask comes out column-major
+        wide = cv2.resize(np.ascontiguousarray(logits.T), (IMG_SIZE, IMG_SIZE), interpolation=cv2.INTER_LINEAR)
+        full = cv2.resize(wide[:w, :h], (height, width), interpolation=cv2.INTER_LINEAR)
+        np.greater(full, MASK_THRESHOLD, out=columns[k])
+    return MaskRuns.from_columns(columns)

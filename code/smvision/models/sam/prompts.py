@@ -1,0 +1,150 @@
+"""SAM prompts from a request's parameters, checked: every mistake is a 400 that says what.
+
+A request may carry `points` [[x, y], ...] with `labels` (1 foreground, 0 background), a
+`box` [x1, y1, x2, y2], or both, all in original-image pixels; optionally `mask_input`
+(the low-res logits of an earlier round, as base64 .npy), `multimask_output`,
+`mask_format` and `return_logits`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from smvision.errors import bad_request
+
+MASK_FORMATS = ("rle", "png", "polygon", "geojson", "npy")
+PROMPT_KEYS = ("points", "labels", "box", "mask_input", "multimask_output", "mask_format", "return_logits")
+MASK_INPUT_SIZE = 256
+_MASK_INPUT_SHAPES = ((256, 256), (1, 256, 256), (1, 1, 256, 256))
+
+
+@dataclass(frozen=True, eq=False)
+class Prompts:
+    """Checked prompts in original-image pixels (x, y), ready for SamDecoder.decode."""
+
+    points: np.ndarray | None = None  # (N, 2) float32
+    labels: np.ndarray | None = None  # (N,) float32 of 0 / 1
+    box: np.ndarray | None = None  # (4,) float32 x1, y1, x2, y2
+    mask_input: np.ndarray | None = None  # (1, 1, 256, 256) float32 logits
+    multimask_output: bool = True
+    mask_format: str = "rle"
+    return_logits: bool = False
+
+
+def parse_prompts(params: Mapping[str, Any], original_size: tuple[int, int], where: str) -> Prompts:
+    """Prompts from a request's parameters for an image of original_size (H, W).
+
+    `mask_input` arrives as a base64 string of .npy bytes holding a 256x256 float array
+    (shape (256, 256), (1, 256, 256) or (1, 1, 256, 256)), e.g. the `low_res_logits` an
+    earlier answer gave. Raises a 400 (smvision.errors.bad_request) naming what is wrong.
+    """
+    height, width = original_size
+    points = labels = box = None
+    if params.get("points") is not None:
+        points = _points(params["points"], where)
+        _inside(points, width, height, "points", where)
+        if params.get("labels") is None:
+            raise bad_request(f"{where}: 'points' need 'labels' (1 foreground, 0 background), one per point")
+        labels = _labels(params["labels"], len(points), where)
+    elif params.get("labels") is not None:
+        raise bad_request(f"{where}: 'labels' given without 'points'")
+    if params.get("box") is not None:
+        box = _box(params["box"], where)
+        _inside(box.reshape(2, 2), width, height, "box", where)
+    if points is None and box is None:
+        raise bad_request(f"{where}: no prompt: give 'points' with 'labels', a 'box', or both")
+    mask_input = _mask_input(params["mask_input"], where) if params.get("mask_input") is not None else None
+    mask_format = params.get("mask_format", "rle")
+    if mask_format not in MASK_FORMATS:
+        raise bad_request(f"{where}: mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
+    return Prompts(
+        points=points,
+        labels=labels,
+        box=box,
+        mask_input=mask_input,
+        multimask_output=_flag(params, "multimask_output", True, where),
+        mask_format=mask_format,
+        return_logits=_flag(params, "return_logits", False, where),
+    )
+
+
+def _number(value: Any, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad_request(f"{where}: {name} must be numbers, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise bad_request(f"{where}: {name} must be finite numbers, got {value!r}")
+    return number
+
+
+def _points(value: Any, where: str) -> np.ndarray:
+    if not isinstance(value, list) or not value:
+        raise bad_request(f"{where}: 'points' must be a non-empty list of [x, y] pairs")
+    if any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in value):
+        raise bad_request(f"{where}: 'points' must be a list of [x, y] pairs, got {value!r}"[:300])
+    return np.array([[_number(c, "'points'", where) for c in p] for p in value], dtype=np.float32)
+
+
+def _labels(value: Any, count: int, where: str) -> np.ndarray:
+    if not isinstance(value, list):
+        raise bad_request(f"{where}: 'labels' must be a list of 0 / 1, one per point")
+    if len(value) != count:
+        raise bad_request(f"{where}: {len(value)} labels for {count} points; give one label per point")
+    if any(isinstance(v, bool) or v not in (0, 1) for v in value):
+        raise bad_request(f"{where}: 'labels' must be 1 (foreground) or 0 (background), got {value!r}"[:300])
+    return np.array(value, dtype=np.float32)
+
+
+def _box(value: Any, where: str) -> np.ndarray:
+    if not isinstance(value, list) or len(value) != 4:
+        raise bad_request(f"{where}: 'box' must be [x1, y1, x2, y2], got {value!r}"[:300])
+    box = np.array([_number(c, "'box'", where) for c in value], dtype=np.float32)
+    if box[2] < box[0] or box[3] < box[1]:
+        raise bad_request(f"{where}: 'box' must have x2 >= x1 and y2 >= y1, got {value!r}")
+    return box
+
+
+def _inside(xy: np.ndarray, width: int, height: int, name: str, where: str) -> None:
+    outside = (xy[:, 0] < 0) | (xy[:, 0] > width) | (xy[:, 1] < 0) | (xy[:, 1] > height)
+    if outside.any():
+        first = xy[int(np.argmax(outside))].tolist()
+        raise bad_request(
+            f"{where}: {name} {first} lie outside the image (width {width}, height {height}); "
+            "coordinates are [x, y] in original-image pixels"
+        )
+
+
+def _mask_input(value: Any, where: str) -> np.ndarray:
+    if not isinstance(value, str):
+        raise bad_request(f"{where}: 'mask_input' must be a base64 string of .npy bytes")
+    try:
+        array = np.load(io.BytesIO(base64.b64decode(value, validate=True)), allow_pickle=False)
+    except (binascii.Error, ValueError, OSError, EOFError):
+        raise bad_request(f"{where}: 'mask_input' is not base64 .npy bytes") from None
+    if not isinstance(array, np.ndarray) or array.shape not in _MASK_INPUT_SHAPES:
+        raise bad_request(
+            f"{where}: 'mask_input' must have shape (1, 256, 256) (the low_res_logits of an earlier "
+            f"answer), got {getattr(array, 'shape', None)}"
+        )
+    if array.dtype.kind != "f":
+        raise bad_request(f"{where}: 'mask_input' must be float logits, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise bad_request(f"{where}: 'mask_input' holds NaN or infinite values")
+    return np.ascontiguousarray(array.reshape(1, 1, MASK_INPUT_SIZE, MASK_INPUT_SIZE), dtype=np.float32)
+
+
+def _flag(params: Mapping[str, Any], name: str, default: bool, where: str) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise bad_request(f"{where}: {name} must be true or false, got {value!r}")
+    return value

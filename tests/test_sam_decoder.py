@@ -1,0 +1,312 @@
+"""SAM's decoder on ONNX Runtime equals SamPredictor.predict; prompts are checked; masks encode.
+
+A CI-sized SAM built from segment_anything's own classes (fixed seed), real photos at two
+aspect ratios (coffee 400x600 landscape, a 512x300 portrait crop of the astronaut).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from smvision.archive.sam_onnx import export_sam_decoder
+from smvision.errors import InferenceError
+from smvision.models.sam.decoder import SamDecoder
+from smvision.models.sam.masks import encode_masks
+from smvision.models.sam.prompts import MASK_FORMATS, parse_prompts
+from smvision.runtimes.onnx import create_session
+from support import skimage_photo
+
+PHOTOS = {"coffee": ("coffee.png", None), "astronaut": ("astronaut.png", (slice(0, 512), slice(100, 400)))}
+
+
+def ci_sam():
+    """The CI-sized SAM of REFERENCE.md: real classes, 2.1M parameters, fixed seed."""
+    from smvision.models.sam.build import build_sam, sam_config
+
+    torch.manual_seed(0)
+    return build_sam(sam_config("vit_tiny_test"))
+
+
+@pytest.fixture(scope="module")
+def sam():
+    return ci_sam()
+
+
+@pytest.fixture(scope="module")
+def onnx_path(sam, tmp_path_factory):
+    return export_sam_decoder(sam, tmp_path_factory.mktemp("sam") / "decoder.onnx")
+
+
+@pytest.fixture(scope="module")
+def decoder(onnx_path):
+    return SamDecoder(onnx_path, threads=1)
+
+
+@pytest.fixture(scope="module")
+def predictors(sam):
+    """name -> (SamPredictor with the photo set, embedding, original size)."""
+    from segment_anything import SamPredictor
+
+    out = {}
+    for name, (file, crop) in PHOTOS.items():
+        pixels = np.asarray(Image.open(skimage_photo(file)).convert("RGB"))
+        pixels = np.ascontiguousarray(pixels[crop] if crop else pixels)
+        predictor = SamPredictor(sam)
+        predictor.set_image(pixels)
+        out[name] = (predictor, predictor.get_image_embedding().numpy(), pixels.shape[:2])
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def low_res_npy(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    np.save(buffer, array.astype(np.float32))
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def prompt_cases(height: int, width: int) -> dict[str, dict]:
+    point, background = [width * 0.45, height * 0.55], [width * 0.1, height * 0.2]
+    box = [width * 0.2, height * 0.25, width * 0.8, height * 0.9]
+    return {
+        "point": {"points": [point], "labels": [1]},
+        "points-single": {"points": [point, background], "labels": [1, 0], "multimask_output": False},
+        "box": {"box": box, "multimask_output": False},
+        "box-multi": {"box": box},
+        "both": {"points": [point], "labels": [0], "box": box},
+        "edge-point": {"points": [[width, height]], "labels": [1], "multimask_output": False},
+        "five-points-box": {
+            "points": [[width * f, height * (1 - f)] for f in (0.2, 0.35, 0.5, 0.65, 0.8)],
+            "labels": [1, 0, 1, 1, 0],
+            "box": box,
+            "multimask_output": False,
+        },
+    }
+
+
+@pytest.mark.parametrize("photo", list(PHOTOS))
+def test_masks_equal_sam_predictor(decoder, predictors, photo):
+    predictor, embedding, size = predictors[photo]
+    for case, params in prompt_cases(*size).items():
+        prompts = parse_prompts(params, size, case)
+        result = decoder.decode(embedding, size, prompts)
+        masks, scores, low_res = predictor.predict(
+            prompts.points, prompts.labels, prompts.box, None, prompts.multimask_output
+        )
+        assert result.masks.shape == masks.shape == (3 if prompts.multimask_output else 1, *size), case
+        assert result.masks.dtype == bool
+        assert 0 < masks.mean() < 1, f"{case}: a trivial mask proves nothing"
+        for ours, theirs in zip(result.masks, masks):
+            assert iou(ours, theirs) >= 0.99, case
+        np.testing.assert_allclose(result.scores, scores, atol=1e-4, err_msg=case)
+        np.testing.assert_allclose(result.low_res_logits, low_res, atol=1e-3, err_msg=case)
+
+
+@pytest.mark.parametrize("photo", list(PHOTOS))
+def test_mask_input_refines_like_sam_predictor(decoder, predictors, photo):
+    predictor, embedding, size = predictors[photo]
+    first = decoder.decode(embedding, size, parse_prompts(prompt_cases(*size)["point"], size, "round 1"))
+    best = first.low_res_logits[int(np.argmax(first.scores))]
+    params = {**prompt_cases(*size)["points-single"], "mask_input": low_res_npy(best[None])}
+    prompts = parse_prompts(params, size, "round 2")
+    result = decoder.decode(embedding, size, prompts)
+    masks, scores, _ = predictor.predict(prompts.points, prompts.labels, None, best[None], False)
+    without = decoder.decode(embedding, size, parse_prompts(prompt_cases(*size)["points-single"], size, "plain"))
+    assert iou(result.masks[0], masks[0]) >= 0.99
+    np.testing.assert_allclose(result.scores, scores, atol=1e-4)
+    assert iou(result.masks[0], without.masks[0]) < 0.999, "mask_input was ignored"
+
+
+def test_export_with_upsampling_is_right_at_every_aspect_ratio(sam, predictors, tmp_path):
+    """The upstream graph (masks at orig_im_size), traced at 1500x2250, at other sizes."""
+    session = create_session(export_sam_decoder(sam, tmp_path / "up.onnx", upsample=True), threads=1)
+    decoder = SamDecoder(tmp_path / "up.onnx", threads=1)
+    for photo, (predictor, embedding, size) in predictors.items():
+        prompts = parse_prompts(prompt_cases(*size)["point"], size, photo)
+        (logits,) = session.run(["masks"], decoder.feed(embedding, size, prompts))
+        masks, _, _ = predictor.predict(prompts.points, prompts.labels, None, None, True)
+        assert logits.shape == (1, 4, *size)
+        for ours, theirs in zip(logits[0, 1:] > 0, masks):
+            assert iou(ours, theirs) >= 0.99, photo
+
+
+def test_quantized_export_is_smaller_and_close(sam, onnx_path, predictors, tmp_path):
+    quantized = export_sam_decoder(sam, tmp_path / "int8.onnx", quantize=True)
+    assert quantized.stat().st_size < 0.7 * onnx_path.stat().st_size  # int8 weights; the 4 MB image_pe stays
+    predictor, embedding, size = predictors["coffee"]
+    prompts = parse_prompts(prompt_cases(*size)["box"], size, "box")
+    result = SamDecoder(quantized, threads=1).decode(embedding, size, prompts)
+    masks, _, _ = predictor.predict(None, None, prompts.box, None, False)
+    assert iou(result.masks[0], masks[0]) >= 0.95
+
+
+BAD = [
+    ({}, "no prompt"),
+    ({"points": [[10, 10]]}, "need 'labels'"),
+    ({"labels": [1]}, "without 'points'"),
+    ({"points": [[10, 10], [20, 20]], "labels": [1]}, "1 labels for 2 points"),
+    ({"points": [[10, 10]], "labels": [2]}, "1 (foreground) or 0"),
+    ({"points": [[10, 10]], "labels": [True]}, "1 (foreground) or 0"),
+    ({"points": [[700, 10]], "labels": [1]}, "outside the image"),
+    ({"points": [[10, -1]], "labels": [1]}, "outside the image"),
+    ({"points": [[10, "a"]], "labels": [1]}, "must be numbers"),
+    ({"points": [[10, float("nan")]], "labels": [1]}, "finite"),
+    ({"points": [10, 10], "labels": [1]}, "[x, y] pairs"),
+    ({"points": [], "labels": []}, "non-empty"),
+    ({"box": [50, 10, 40, 20]}, "x2 >= x1"),
+    ({"box": [10, 50, 40, 20]}, "y2 >= y1"),
+    ({"box": [10, 10, 40]}, "[x1, y1, x2, y2]"),
+    ({"box": [10, 10, 40, 500]}, "outside the image"),
+    ({"box": [10, 10, 40, 50], "mask_format": "jpeg"}, "mask_format must be one of"),
+    ({"box": [10, 10, 40, 50], "multimask_output": "yes"}, "multimask_output must be true or false"),
+    ({"box": [10, 10, 40, 50], "return_logits": 1}, "return_logits must be true or false"),
+    ({"box": [10, 10, 40, 50], "mask_input": "not base64!"}, "not base64 .npy"),
+    ({"box": [10, 10, 40, 50], "mask_input": low_res_npy(np.zeros((1, 64, 64)))}, "shape (1, 256, 256)"),
+    ({"box": [10, 10, 40, 50], "mask_input": low_res_npy(np.full((256, 256), np.nan))}, "NaN"),
+]
+
+
+@pytest.mark.parametrize("params,message", BAD, ids=[m for _, m in BAD])
+def test_bad_prompts_are_400s_that_say_what(params, message):
+    with pytest.raises(InferenceError) as raised:
+        parse_prompts(params, (400, 600), "record 0")
+    assert raised.value.status == 400
+    assert message in raised.value.message and "record 0" in raised.value.message
+
+
+def test_prompt_defaults_and_mask_input_shapes():
+    prompts = parse_prompts({"points": [[600, 400]], "labels": [1]}, (400, 600), "r")
+    assert (prompts.multimask_output, prompts.mask_format, prompts.return_logits) == (True, "rle", False)
+    assert prompts.box is None and prompts.mask_input is None
+    for shape in ((256, 256), (1, 256, 256), (1, 1, 256, 256)):
+        given = np.random.default_rng(0).normal(size=shape).astype(np.float16)
+        parsed = parse_prompts({"box": [0, 0, 5, 5], "mask_input": low_res_npy(given)}, (400, 600), "r").mask_input
+        assert parsed.shape == (1, 1, 256, 256) and parsed.dtype == np.float32
+        np.testing.assert_array_equal(parsed.ravel(), given.astype(np.float32).ravel())
+
+
+@pytest.fixture(scope="module")
+def real_masks(decoder, predictors):
+    _, embedding, size = predictors["coffee"]
+    return np.asarray(decoder.decode(embedding, size, parse_prompts(prompt_cases(*size)["point"], size, "r")).masks)
+
+
+def test_every_mask_format_round_trips(real_masks):
+    import cv2
+    from pycocotools import mask as mask_utils
+
+    assert set(MASK_FORMATS) == {"rle", "png", "polygon", "geojson", "npy"}
+    height, width = real_masks.shape[1:]
+    for mask, encoded in zip(real_masks, encode_masks(real_masks, "rle")):
+        assert encoded["size"] == [height, width] and isinstance(encoded["counts"], str)
+        np.testing.assert_array_equal(mask_utils.decode(encoded).astype(bool), mask)
+    for mask, encoded in zip(real_masks, encode_masks(real_masks, "png")):
+        image = Image.open(io.BytesIO(base64.b64decode(encoded)))
+        assert image.format == "PNG" and image.mode == "1"
+        np.testing.assert_array_equal(np.asarray(image), mask)
+    for mask, encoded in zip(real_masks, encode_masks(real_masks, "npy")):
+        np.testing.assert_array_equal(np.load(io.BytesIO(base64.b64decode(encoded))), mask)
+    for mask, rings in zip(real_masks, encode_masks(real_masks, "polygon")):
+        assert rings and all(len(point) == 2 for ring in rings for point in ring)
+        canvas = np.zeros(mask.shape, np.uint8)
+        cv2.fillPoly(canvas, [np.array(ring, np.int32) for ring in rings], 1)
+        np.testing.assert_array_equal(canvas.astype(bool), mask)
+    geometries = encode_masks(real_masks, "geojson")
+    for mask, rings, geometry in zip(real_masks, encode_masks(real_masks, "polygon"), geometries):
+        assert geometry["type"] == "MultiPolygon" and geometry["coordinates"]
+        canvas = np.zeros(mask.shape, np.uint8)
+        for polygon in geometry["coordinates"]:
+            outer, *holes = polygon
+            assert outer[0] == outer[-1] and len(outer) >= 4
+            assert signed_area(outer) > 0 and all(signed_area(h) < 0 for h in holes)
+            cv2.fillPoly(canvas, [np.array(ring, np.int32) for ring in polygon], 1)
+        without_specks = np.zeros(mask.shape, np.uint8)  # outlines under 3 pixels are left out
+        cv2.fillPoly(without_specks, [np.array(ring, np.int32) for ring in rings if len(ring) >= 3], 1)
+        np.testing.assert_array_equal(canvas, without_specks)
+        assert iou(canvas.astype(bool), mask) >= 0.95
+
+
+def signed_area(ring: list[list[int]]) -> float:
+    x, y = np.array(ring, dtype=float).T
+    return float((x[:-1] * y[1:] - x[1:] * y[:-1]).sum() / 2)
+
+
+def test_rle_of_a_transposed_view_is_right(real_masks):
+    """Masks stored column by column (what a fast decoder gives) encode the same."""
+    from pycocotools import mask as mask_utils
+
+    columns = np.ascontiguousarray(real_masks.transpose(0, 2, 1)).transpose(0, 2, 1)
+    assert not columns.flags.c_contiguous
+    assert encode_masks(columns, "rle") == encode_masks(real_masks, "rle")
+    assert mask_utils.decode(encode_masks(columns, "rle")[0]).astype(bool).tolist() == real_masks[0].tolist()
+
+
+@pytest.mark.parametrize("original_size", [(2000, 300), (300, 2000), (100, 37), (1, 50), (700, 1), (1024, 1024), (333, 1024)])
+def test_mask_runs_equal_dense_upscaling(original_size):
+    """Run lengths straight from low-res logits = Sam.postprocess_masks(...) > 0, any size."""
+    import cv2
+    from torch.nn import functional as F
+
+    from pycocotools import mask as mask_utils
+
+    from smvision.models.sam.decoder import dense_mask_runs, input_size, mask_runs
+
+    rng = np.random.default_rng(sum(original_size))
+    blobs = [cv2.GaussianBlur(rng.normal(size=(256, 256)).astype(np.float32), (0, 0), s) for s in (3, 8, 20)]
+    low_res = np.ascontiguousarray(np.stack(blobs) * 30 - 0.05, dtype=np.float32)
+    size = input_size(original_size)
+    logits = F.interpolate(torch.from_numpy(low_res)[None], (1024, 1024), mode="bilinear", align_corners=False)
+    logits = F.interpolate(logits[..., : size[0], : size[1]], original_size, mode="bilinear", align_corners=False)
+    expected = (logits[0] > 0).numpy()
+    assert 0 < expected.mean() < 1
+    for runs in (mask_runs(low_res, size, original_size), dense_mask_runs(low_res, size, original_size)):
+        assert len(runs) == 3 and runs.size == original_size
+        assert runs.dense.shape == expected.shape
+        for rle, mask in zip(runs.rle(), runs.dense):
+            assert rle["size"] == list(original_size)
+            np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), mask)
+        differ = (runs.dense != expected).sum(axis=(1, 2))
+        assert (differ <= 2 + expected[0].size // 100_000).all(), differ  # float rounding at edges only
+
+
+def test_salt_and_pepper_masks_take_the_dense_path(monkeypatch):
+    """Random-weight decoders give masks with an edge at every other pixel: same answer,
+    through dense_mask_runs."""
+    from smvision.models.sam import decoder as decoder_module
+
+    low_res = np.random.default_rng(0).normal(size=(3, 256, 256)).astype(np.float32)
+    size, original_size = decoder_module.input_size((300, 450)), (300, 450)
+    calls = []
+    dense = decoder_module.dense_mask_runs
+    monkeypatch.setattr(decoder_module, "dense_mask_runs", lambda *a: calls.append(a) or dense(*a))
+    runs = decoder_module.mask_runs(low_res, size, original_size)
+    assert calls, "expected the dense path"
+    monkeypatch.setattr(decoder_module, "DENSE_EDGES", 2.0)  # never dense
+    sparse = decoder_module.mask_runs(low_res, size, original_size)
+    assert len(calls) == 1
+    assert (sparse.dense != runs.dense).sum() <= 5
+
+
+def test_decoded_masks_keep_their_runs(decoder, predictors):
+    """result.masks is array-like but held as runs: RLE is never redone, the dense array
+    (made once) remembers them, a slice of it does not, and it is read-only."""
+    _, embedding, size = predictors["astronaut"]
+    result = decoder.decode(embedding, size, parse_prompts(prompt_cases(*size)["point"], size, "r"))
+    assert result.masks.shape == (3, *size) and result.masks.dtype == bool and len(result.masks) == 3
+    assert "dense" not in vars(result.masks), "nothing full-size before it is asked for"
+    assert encode_masks(result.masks, "rle") == result.runs.rle()
+    assert "dense" not in vars(result.masks)
+    dense = result.masks.dense
+    assert dense.runs is result.masks and encode_masks(dense, "rle") == result.runs.rle()
+    assert dense[1:].runs is None and encode_masks(dense[1:], "rle") == result.runs.rle()[1:]
+    np.testing.assert_array_equal(np.asarray(result.masks), dense)
+    np.testing.assert_array_equal(result.masks[2], dense[2])
+    with pytest.raises(ValueError):
+        dense[0, 0, 0] = not dense[0, 0, 0]
