@@ -237,7 +237,7 @@ def test_manifest_entries_outside_the_model_dir_are_refused_unread(tmp_path, mon
     (tmp_path / "outside.txt").write_text("not yours")
     (model_dir / "link").symlink_to(tmp_path)
     (model_dir / "manifest.json").write_text(
-        Manifest("efficientdet", {}, None, False, files={entry: "0" * 64}).to_json())
+        Manifest("efficientdet", {}, {}, False, files={entry: "0" * 64}).to_json())
     hashed = []
     monkeypatch.setattr(manifest_module, "sha256_of", lambda path: hashed.append(path) or "0" * 64)
     with pytest.raises(ArchiveError) as caught:

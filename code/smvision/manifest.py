@@ -51,7 +51,7 @@ class Manifest:
         if not name:
             held = ", ".join(sorted(self.artifacts)) or "none"
             raise ArchiveError(f"the {self.kind} archive at {model_dir} has no {role!r} artifact (it has: {held})")
-        return Path(model_dir) / name
+        return check_entry(Path(model_dir), name)
 
     def to_json(self) -> str:
         document = {
