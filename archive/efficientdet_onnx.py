@@ -37,6 +37,9 @@ def export_efficientdet_onnx(model: object, output: str | Path | None = None) ->
     with warnings.catch_warnings(), torch.no_grad():
         # The TF-"SAME" paddings read the (fixed) spatial size as Python ints: that is intended.
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        # torch 2.14 calls this TorchScript exporter "legacy"; it bakes the call-time "SAME"
+        # paddings in as constants for the fixed input size, and README's numbers use it.
+        warnings.simplefilter("ignore", category=DeprecationWarning)
         torch.onnx.export(
             folded,
             (example,),
