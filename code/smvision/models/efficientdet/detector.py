@@ -50,6 +50,7 @@ class EfficientDetector:
             with torch.device("meta"):
                 model = EfficientDet(config)
             load_zylo117_state_dict(model, state_dict, assign=True)
+            model.float()  # a half-precision checkpoint is folded in float32, as before
         if float16 and self.device.type != "cuda":
             log.warning("float16 asked for on %s: running in float32 (half precision only on CUDA)", self.device)
             float16 = False
