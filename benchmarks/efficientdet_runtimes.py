@@ -36,6 +36,19 @@ BUCKET = "bench"
 BATCHES = (1, 2, 4, 8)
 
 
+def quiet_session(onnx_bytes: bytes, threads: int):
+    """create_session's settings, but ONNX Runtime's threads sleep rather than spin after a
+    run: in one process with torch, spinning threads would slow torch's next forward."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+
+
 def forward_table(coefs: list[int], rounds: int, threads: int) -> None:
     """Median forward ms per image, torch and ONNX Runtime, alternating within each round."""
     import torch
@@ -50,7 +63,9 @@ def forward_table(coefs: list[int], rounds: int, threads: int) -> None:
         config = efficientdet_config(coef)
         model = EfficientDet(config).eval()
         torch_detector = EfficientDetector(config, model.state_dict())
-        onnx_detector = OnnxEfficientDetector(config, export_efficientdet_onnx(model), threads=threads)
+        onnx_bytes = export_efficientdet_onnx(model)
+        onnx_detector = OnnxEfficientDetector(config, onnx_bytes, threads=threads)
+        onnx_detector.session = quiet_session(onnx_bytes, threads)
         runners[coef] = (config.input_size, torch_detector, onnx_detector)
 
     def torch_forward(detector, batch):
