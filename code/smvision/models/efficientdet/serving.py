@@ -34,8 +34,9 @@ GPU_BATCH_SIZE = 8
 
 
 def gpu_present() -> bool:
-    """An NVIDIA driver is loaded (checked without importing torch)."""
-    return Path("/proc/driver/nvidia/version").exists()
+    """An NVIDIA GPU is visible (its driver, or in a container its device node), checked
+    without importing torch."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
 
 
 def _installed(module: str) -> bool:
@@ -67,9 +68,10 @@ def choose_runtime(manifest: Manifest, model_dir: Path, env: dict[str, str] | No
             return "torch"
         if onnx_ok:
             return "onnx"
+        carried = " and ".join(name for name, has in (("torch weights", has_torch), ("an ONNX export", has_onnx)) if has)
         raise ArchiveError(
-            f"the archive at {model_dir} carries {' and '.join(n for n, h in (('torch weights', has_torch), ('an ONNX export', has_onnx)) if h)}, "
-            "but neither torch nor onnxruntime can serve it here: install the one it needs"
+            f"the archive at {model_dir} carries {carried}, but the package to run it (torch or onnxruntime) "
+            "is not installed here"
         )
     if not (onnx_ok if wanted == "onnx" else torch_ok):
         module = "onnxruntime" if wanted == "onnx" else "torch"
