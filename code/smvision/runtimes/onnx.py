@@ -7,10 +7,15 @@ CUDA provider comes first.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from smvision.threads import threads_per_worker
+
+# onnxruntime 1.31 otherwise writes a device id and a usage database under
+# ~/.cache/Microsoft/DeveloperTools: a server writes nothing outside its temporary dirs.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def providers(device: str = "cpu") -> list[str]:
