@@ -11,7 +11,7 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import smvision
 from smvision.archive.requirements import requirements_txt
@@ -33,14 +33,14 @@ def code_dir() -> Path:
     return CODE_DIR
 
 
-def copy_code(destination: Path, kind: str) -> None:
+def copy_code(destination: Path, kind: str, roles: Iterable[str] = ()) -> None:
     """Copy code/inference.py and code/smvision/ into destination/code, and write the
-    kind's code/requirements.txt."""
+    code/requirements.txt of the kind and its artifact roles."""
     source = code_dir()
     target = destination / "code"
     target.mkdir(parents=True)
     shutil.copy2(source / ENTRY_SCRIPT, target / ENTRY_SCRIPT)
-    (target / REQUIREMENTS).write_text(requirements_txt(kind))
+    (target / REQUIREMENTS).write_text(requirements_txt(kind, roles))
     shutil.copytree(source / "smvision", target / "smvision", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
@@ -62,7 +62,7 @@ def build_archive(
     with tempfile.TemporaryDirectory(prefix="smvision-archive-") as tmp:
         stage = Path(tmp)
         artifacts = dict(write_payload(stage))
-        copy_code(stage, kind)
+        copy_code(stage, kind, artifacts)
         manifest = Manifest(
             kind=kind,
             config=config,

@@ -12,7 +12,11 @@ from smvision.archive.coco import COCO_CLASSES
 log = logging.getLogger("smvision")
 
 WEIGHTS_FILE = "model.pth"
+ONNX_FILE = "model.onnx"
 CLASSES_FILE = "classes.json"
+#: what an archive carries: torch weights, the ONNX export, or both (one archive for CPU and GPU endpoints)
+BACKENDS = ("torch", "onnx", "both")
+DEFAULT_BACKEND = "both"
 
 
 def read_classes(path: str | Path | None) -> list[str]:
@@ -39,12 +43,17 @@ def build_efficientdet_archive(
     weights: str | Path | None = None,
     classes: str | Path | None = None,
     seed: int = 0,
+    backend: str = DEFAULT_BACKEND,
 ) -> Path:
     """Write an EfficientDet D{compound_coef} model.tar.gz.
 
     weights: a zylo117 checkpoint (state_dict); checked strictly against the
     architecture before anything is written. None: random weights, said loudly.
+    backend: "torch" (model.pth), "onnx" (model.onnx, BatchNorm folded) or "both".
+    The manifest's artifacts name them: `weights` = model.pth, `onnx` = model.onnx.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     import torch
 
     from smvision.models.efficientdet import EfficientDet, efficientdet_config, load_zylo117_state_dict
@@ -65,10 +74,23 @@ def build_efficientdet_archive(
         state_dict = torch.load(weights, map_location="cpu", weights_only=True)
         load_zylo117_state_dict(model, state_dict)
 
+    with_torch, with_onnx = backend in ("torch", "both"), backend in ("onnx", "both")
+    onnx_bytes = None
+    if with_onnx:
+        from smvision.archive.efficientdet_onnx import export_efficientdet_onnx
+
+        onnx_bytes = export_efficientdet_onnx(model)
+
     def write_payload(stage: Path) -> dict[str, str]:
-        torch.save(model.state_dict(), stage / WEIGHTS_FILE)
         (stage / CLASSES_FILE).write_text(json.dumps(names, indent=1) + "\n")
-        return {"weights": WEIGHTS_FILE}
+        artifacts = {}
+        if onnx_bytes is not None:
+            (stage / ONNX_FILE).write_bytes(onnx_bytes)
+            artifacts["onnx"] = ONNX_FILE
+        if with_torch:
+            torch.save(model.state_dict(), stage / WEIGHTS_FILE)
+            artifacts["weights"] = WEIGHTS_FILE
+        return artifacts
 
     return build_archive(
         output,

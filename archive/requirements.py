@@ -11,6 +11,8 @@ torch & co. would replace the image's own builds, so they never appear here.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 #: model kind -> the distributions its code/ imports that the AWS 2.6 image lacks
 KIND_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "efficientdet": ("efficientnet_pytorch==0.7.1",),
@@ -39,17 +41,25 @@ HEADER = """\
 """
 
 
-def requirements_for(kind: str) -> tuple[str, ...]:
-    """The pinned requirements of one kind (KeyError names the known kinds)."""
+#: artifact role -> what serving it needs, whatever the kind (EfficientDet's ONNX export)
+ARTIFACT_REQUIREMENTS: dict[str, tuple[str, ...]] = {"onnx": ("onnxruntime==1.31.1",)}
+
+
+def requirements_for(kind: str, roles: Iterable[str] = ()) -> tuple[str, ...]:
+    """The pinned requirements of one kind, plus those its artifact roles need (KeyError
+    names the known kinds)."""
     try:
-        return KIND_REQUIREMENTS[kind]
+        lines = list(KIND_REQUIREMENTS[kind])
     except KeyError:
         raise KeyError(f"no requirements for kind {kind!r}; known: {', '.join(KIND_REQUIREMENTS)}") from None
+    for role in sorted(roles):
+        lines += [line for line in ARTIFACT_REQUIREMENTS.get(role, ()) if line not in lines]
+    return tuple(lines)
 
 
-def requirements_txt(kind: str) -> str:
-    """The text of code/requirements.txt for an archive of this kind."""
-    return HEADER.format(kind=kind) + "".join(line + "\n" for line in requirements_for(kind))
+def requirements_txt(kind: str, roles: Iterable[str] = ()) -> str:
+    """The text of code/requirements.txt for an archive of this kind holding these artifact roles."""
+    return HEADER.format(kind=kind) + "".join(line + "\n" for line in requirements_for(kind, roles))
 
 
 def all_requirements() -> list[str]:

@@ -1,6 +1,7 @@
 """The `smvision` command: build archives and serve them.
 
-    smvision archive build efficientdet --compound-coef N [--weights F] [--classes F] --output model.tar.gz
+    smvision archive build efficientdet --compound-coef N [--weights F] [--classes F]
+                                [--backend torch|onnx|both] --output model.tar.gz
     smvision archive build {sam-encode|sam-decode|sam} --model-type {vit_b|vit_l|vit_h} [--checkpoint F]
                            [--quantize] --output model.tar.gz
     smvision serve --model-dir DIR [--port N] [--workers K]
@@ -18,7 +19,9 @@ from typing import Sequence
 def _build_efficientdet(args: argparse.Namespace) -> int:
     from smvision.archive.efficientdet import build_efficientdet_archive
 
-    path = build_efficientdet_archive(args.output, args.compound_coef, weights=args.weights, classes=args.classes)
+    path = build_efficientdet_archive(
+        args.output, args.compound_coef, weights=args.weights, classes=args.classes, backend=args.backend
+    )
     print(path)
     return 0
 
@@ -61,6 +64,13 @@ def parser() -> argparse.ArgumentParser:
     efficientdet.add_argument("--compound-coef", type=_coef, required=True, help="0-8 (8 = D7x)")
     efficientdet.add_argument("--weights", help="zylo117 checkpoint (.pth); none = random weights, for tests only")
     efficientdet.add_argument("--classes", help="class names: JSON list or one per line (default: COCO's 90)")
+    efficientdet.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "both"),
+        default="both",
+        help="what the archive carries: torch weights, the ONNX export, or both (default: both; "
+        "SMVISION_RUNTIME picks at load)",
+    )
     efficientdet.add_argument("--output", required=True, help="where to write model.tar.gz")
     efficientdet.set_defaults(run=_build_efficientdet)
 

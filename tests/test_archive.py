@@ -16,7 +16,7 @@ from support import BIN
 
 def test_archive_holds_weights_code_requirements_and_manifest(d0_archive):
     names = set(archive_members(d0_archive))
-    for name in ("manifest.json", "model.pth", "classes.json", "code/inference.py", "code/requirements.txt",
+    for name in ("manifest.json", "model.pth", "model.onnx", "classes.json", "code/inference.py", "code/requirements.txt",
                  "code/smvision/__init__.py", "code/smvision/kinds/efficientdet.py"):
         assert name in names, name
     assert not any("__pycache__" in n for n in names)
@@ -24,6 +24,7 @@ def test_archive_holds_weights_code_requirements_and_manifest(d0_archive):
     assert manifest["kind"] == "efficientdet"
     assert manifest["config"]["compound_coef"] == 0
     assert manifest["random_weights"] is True
+    assert manifest["weights"] == "model.pth" and manifest["onnx"] == "model.onnx"  # --backend both, the default
     assert set(manifest["files"]) == names - {"manifest.json"}
     assert len(json.loads(read_member(d0_archive, "classes.json"))) == 90
 
@@ -90,11 +91,13 @@ def test_cli_refuses_weights_of_another_model_with_a_clear_error(tmp_path):
 
 def test_random_weights_are_announced_loudly(tmp_path):
     result = subprocess.run(
-        [str(BIN / "smvision"), "archive", "build", "efficientdet", "--compound-coef", "0", "--output", str(tmp_path / "m.tar.gz")],
+        [str(BIN / "smvision"), "archive", "build", "efficientdet", "--compound-coef", "0", "--backend", "torch",
+         "--output", str(tmp_path / "m.tar.gz")],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0
     assert "RANDOMLY INITIALISED" in result.stderr
+    assert "model.onnx" not in archive_members(tmp_path / "m.tar.gz")
 
 
 def test_bad_compound_coef_is_a_usage_error(tmp_path):

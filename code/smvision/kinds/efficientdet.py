@@ -6,7 +6,8 @@ Environment (read once at load):
   DEFAULT_IOU_THRESHOLD       NMS IoU threshold when a request gives none (0.2)
   DEFAULT_MAX_DETECTIONS      most detections per image when a request gives none (100)
   USE_FLOAT16                 half precision on a GPU (ignored on CPU)
-  SMVISION_BATCH_SIZE         images per forward pass (8)
+  SMVISION_RUNTIME            auto | onnx | torch (auto: ONNX Runtime on CPU, torch on a GPU)
+  SMVISION_BATCH_SIZE         images per forward pass (CPU 1, GPU 8)
 """
 
 from __future__ import annotations
@@ -123,9 +124,8 @@ def max_detections(value: Any, where: str) -> int:
 
 def load(model_dir: Path, manifest: Manifest) -> EfficientDetModel:
     """Build the detector from the archive, check it against the environment, warm it up."""
-    import torch
-
-    from smvision.models.efficientdet import EfficientDetConfig, EfficientDetector
+    from smvision.models.efficientdet.config import EfficientDetConfig
+    from smvision.models.efficientdet.serving import batch_size, detector_device, load_detector
 
     config = EfficientDetConfig.from_dict(manifest.config)
     wanted = env_int("EFFICIENTDET_COMPOUND_COEF", config.compound_coef, 0, 8)
@@ -137,11 +137,8 @@ def load(model_dir: Path, manifest: Manifest) -> EfficientDetModel:
     classes = json.loads((model_dir / CLASSES_FILE).read_text())
     if len(classes) != config.num_classes:
         raise ArchiveError(f"{CLASSES_FILE} names {len(classes)} classes; the model has {config.num_classes}")
-    if not manifest.weights:
-        raise ArchiveError(f"the manifest at {model_dir} names no weights file")
-    state_dict = torch.load(model_dir / manifest.weights, map_location="cpu", weights_only=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    detector = EfficientDetector(config, state_dict, device=device, float16=env_flag("USE_FLOAT16"))
+    detector = load_detector(model_dir, manifest, config, float16=env_flag("USE_FLOAT16"))
+    device = f"{detector_device(detector)} ({detector.runtime})"
     defaults = Thresholds(
         pred=env_unit_interval("DEFAULT_PRED_THRESHOLD", 0.2),
         iou=env_unit_interval("DEFAULT_IOU_THRESHOLD", 0.2),
@@ -157,4 +154,4 @@ def load(model_dir: Path, manifest: Manifest) -> EfficientDetModel:
         defaults.iou,
         defaults.max_detections,
     )
-    return EfficientDetModel(detector, classes, defaults, ImageLoader(), env_int("SMVISION_BATCH_SIZE", 8, 1, 256))
+    return EfficientDetModel(detector, classes, defaults, ImageLoader(), batch_size(detector))

@@ -2,26 +2,27 @@
 
 Boxes are (y1, x1, y2, x2) in input pixels, computed in float64 and stored as float32,
 exactly as zylo117's Anchors module does. They are not part of the state_dict.
+anchor_boxes is numpy only (the ONNX Runtime path never imports torch);
+generate_anchors gives the same boxes as a torch tensor.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
 
-def generate_anchors(
+def anchor_boxes(
     image_hw: tuple[int, int],
     pyramid_levels: Sequence[int],
     anchor_scale: float,
     scales: Sequence[float],
     ratios: Sequence[tuple[float, float]],
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """All anchors for an input of image_hw = (H, W): a float32 tensor (num_anchors, 4)."""
+) -> np.ndarray:
+    """All anchors for an input of image_hw = (H, W): a float32 array (num_anchors, 4)."""
     height, width = image_hw
     per_level = []
     for level in pyramid_levels:
@@ -33,12 +34,26 @@ def generate_anchors(
         for scale, ratio in itertools.product(scales, ratios):
             base = anchor_scale * stride * scale
             halves.append((base * ratio[1] / 2.0, base * ratio[0] / 2.0))
-        half = torch.tensor(halves, dtype=torch.float64)  # (K, 2) as (hy, hx)
-        ys = torch.arange(stride / 2, height, stride, dtype=torch.float64)
-        xs = torch.arange(stride / 2, width, stride, dtype=torch.float64)
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        centres = torch.stack((yy.reshape(-1), xx.reshape(-1)), dim=1)[:, None, :]  # (P, 1, 2)
-        boxes = torch.cat((centres - half, centres + half), dim=2)  # (P, K, 4) y1 x1 y2 x2
+        half = np.array(halves, dtype=np.float64)  # (K, 2) as (hy, hx)
+        ys = np.arange(stride / 2, height, stride, dtype=np.float64)
+        xs = np.arange(stride / 2, width, stride, dtype=np.float64)
+        yy, xx = np.meshgrid(ys, xs, indexing="ij")
+        centres = np.stack((yy.reshape(-1), xx.reshape(-1)), axis=1)[:, None, :]  # (P, 1, 2)
+        boxes = np.concatenate((centres - half, centres + half), axis=2)  # (P, K, 4) y1 x1 y2 x2
         per_level.append(boxes.reshape(-1, 4))
-    return torch.cat(per_level).to(dtype=torch.float32, device=device)
+    return np.concatenate(per_level).astype(np.float32)
 
+
+def generate_anchors(
+    image_hw: tuple[int, int],
+    pyramid_levels: Sequence[int],
+    anchor_scale: float,
+    scales: Sequence[float],
+    ratios: Sequence[tuple[float, float]],
+    device: Any = None,
+) -> Any:
+    """anchor_boxes as a float32 torch tensor (num_anchors, 4) on `device`."""
+    import torch
+
+    boxes = anchor_boxes(image_hw, pyramid_levels, anchor_scale, scales, ratios)
+    return torch.from_numpy(boxes).to(device=device)

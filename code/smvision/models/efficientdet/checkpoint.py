@@ -88,8 +88,12 @@ def _listing(label: str, items: list[str]) -> str:
     return f"{len(items)} {label} ({shown})"
 
 
-def load_zylo117_state_dict(model: EfficientDet, state_dict: Mapping[str, Tensor]) -> None:
-    """Load a zylo117 checkpoint strictly; ValueError with a diagnosis when it does not fit."""
+def load_zylo117_state_dict(model: EfficientDet, state_dict: Mapping[str, Tensor], assign: bool = False) -> None:
+    """Load a zylo117 checkpoint strictly; ValueError with a diagnosis when it does not fit.
+
+    assign=True: the model takes the checkpoint's tensors themselves (for a model built
+    on the meta device; see torch.nn.Module.load_state_dict).
+    """
     if not isinstance(state_dict, Mapping) or not state_dict:
         raise ValueError(
             f"expected a non-empty state_dict (a mapping of names to tensors), got {type(state_dict).__name__}"
@@ -132,4 +136,4 @@ def load_zylo117_state_dict(model: EfficientDet, state_dict: Mapping[str, Tensor
             + "."
         )
     with torch.no_grad():
-        model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict(state_dict, strict=True, assign=assign)

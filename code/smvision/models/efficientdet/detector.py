@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -19,23 +18,9 @@ from .config import EfficientDetConfig
 from .model import EfficientDet
 from .postprocess import AnchorGeometry, Detections, postprocess
 from .preprocess import preprocess
+from .thresholds import check_thresholds as _check_thresholds
 
 log = logging.getLogger("smvision")
-
-
-def _check_thresholds(values: Sequence[float], name: str, count: int) -> list[float]:
-    if len(values) != count:
-        raise ValueError(f"{name} has {len(values)} value(s) for {count} image(s)")
-    out = []
-    for v in values:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            f = math.nan
-        if not math.isfinite(f) or not 0.0 <= f <= 1.0:
-            raise ValueError(f"{name} values must be numbers in [0, 1], got {v!r}")
-        out.append(f)
-    return out
 
 
 class EfficientDetector:
@@ -44,6 +29,8 @@ class EfficientDetector:
     `model` is the inference copy (BatchNorm folded into the convs): it is not a
     checkpoint; save EfficientDet(config) with the original weights instead.
     """
+
+    runtime = "torch"
 
     def __init__(
         self,
@@ -55,9 +42,15 @@ class EfficientDetector:
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        model = EfficientDet(config)
-        if state_dict is not None:
-            load_zylo117_state_dict(model, state_dict)
+        if state_dict is None:
+            model = EfficientDet(config)
+        else:
+            # Built on the meta device (no random init, no memory) and given the checkpoint's
+            # own tensors (assign=True): about 0.25 s less at start than init-then-copy.
+            with torch.device("meta"):
+                model = EfficientDet(config)
+            load_zylo117_state_dict(model, state_dict, assign=True)
+            model.float()  # a half-precision checkpoint is folded in float32, as before
         if float16 and self.device.type != "cuda":
             log.warning("float16 asked for on %s: running in float32 (half precision only on CUDA)", self.device)
             float16 = False
@@ -101,11 +94,13 @@ class EfficientDetector:
         with torch.inference_mode():
             with stage("preprocess"):
                 batch, fits = preprocess(images, size, self.config.mean, self.config.std, self.device, self.dtype)
-            with self._lock, stage("forward"):
+            with stage("forward"), self._lock:
                 regression, classification = self.model(batch)
             with stage("nms"):
-                anchors = self.anchors((size, size))
-                return postprocess(regression, classification, anchors, (size, size), preds, ious, fits, max_detections)
+                return postprocess(
+                    regression, classification, self.anchors((size, size)), (size, size), preds, ious, fits,
+                    max_detections,
+                )
 
     def warm_up(self) -> None:
         """One forward pass on a dummy image, so the first request is not the slow one."""

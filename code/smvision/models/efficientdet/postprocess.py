@@ -8,25 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
 
+from .detections import Detections
+from .nms import batched_nms_tensor as batched_nms
 from .preprocess import Resized
-
-
-@dataclass
-class Detections:
-    """Detections for one image, in original-image pixels, best score first."""
-
-    boxes: np.ndarray  # (N, 4) float32 x1, y1, x2, y2
-    scores: np.ndarray  # (N,) float32
-    class_ids: np.ndarray  # (N,) int64
-
-    @classmethod
-    def empty(cls) -> "Detections":
-        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64))
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
 
 
 @dataclass(frozen=True)

@@ -9,77 +9,14 @@ canvas (size x size).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .resize import Resized, check_image, linear_taps, resized_size
 
-@dataclass(frozen=True)
-class Resized:
-    """How one image was fitted into the canvas; ratios map input pixels back to original ones."""
-
-    old_w: int
-    old_h: int
-    new_w: int
-    new_h: int
-
-    @property
-    def ratio_w(self) -> float:
-        return self.new_w / self.old_w
-
-    @property
-    def ratio_h(self) -> float:
-        return self.new_h / self.old_h
-
-
-def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """(new_h, new_w): the long side becomes `size`, the short int(size / long * short).
-
-    The short side is kept at least 1 pixel (zylo117 would fail on such slivers).
-    """
-    if width > height:
-        return max(1, int(size / width * height)), size
-    return size, max(1, int(size / height * width))
-
-
-def check_image(image: object, index: int = 0) -> np.ndarray:
-    """An HxWx3 uint8 array, or ValueError saying what is wrong with image `index`."""
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image {index} must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image {index} must be HxWx3 uint8 RGB, got {image.dtype} {image.shape}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image {index} is empty: {image.shape}")
-    return image
-
-
-@lru_cache(maxsize=512)
-def linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """OpenCV INTER_LINEAR taps for resizing one axis from src to dst pixels.
-
-    Returns (index0, index1, weight0, weight1): output i = in[index0]*weight0 + in[index1]*weight1.
-    Like OpenCV, the source coordinate (i + 0.5) * src / dst - 0.5 and its fraction are
-    computed in double before the weights become float32, and samples past either edge
-    repeat the edge pixel. (torch's bilinear F.interpolate works the coordinate out in
-    float32 and so differs from cv2.resize by up to ~2e-4 on normalised images.)
-    """
-    scale = 1.0 / (dst / src)
-    coord = (np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5
-    first = np.floor(coord)
-    frac = (coord - first).astype(np.float32)
-    first = first.astype(np.int64)
-    before, after = first < 0, first >= src - 1
-    frac[before | after] = 0.0
-    first[before] = 0
-    first[after] = src - 1
-    second = np.minimum(first + 1, src - 1)
-    taps = (first, second, np.float32(1.0) - frac, frac)
-    for a in taps:
-        a.setflags(write=False)  # cached: shared between calls
-    return taps
+__all__ = ["Resized", "check_image", "linear_taps", "normalise_resize", "preprocess", "resized_size"]
 
 
 def _normalise_(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
