@@ -24,7 +24,7 @@ def test_archive_holds_weights_code_requirements_and_manifest(d0_archive):
     assert manifest["kind"] == "efficientdet"
     assert manifest["config"]["compound_coef"] == 0
     assert manifest["random_weights"] is True
-    assert manifest["weights"] == "model.pth" and manifest["onnx"] == "model.onnx"  # --backend both, the default
+    assert manifest["artifacts"] == {"weights": "model.pth", "onnx": "model.onnx"}  # --backend both, the default
     assert set(manifest["files"]) == names - {"manifest.json"}
     assert len(json.loads(read_member(d0_archive, "classes.json"))) == 90
 
@@ -125,14 +125,19 @@ def test_compound_coef_env_guards_against_the_wrong_archive(d0_model_dir, monkey
 def test_manifest_names_artifacts_by_role(d0_archive):
     manifest = json.loads(read_member(d0_archive, "manifest.json"))
     assert manifest["format_version"] == 2
-    assert manifest["artifacts"] == {"weights": "model.pth"}
+    assert manifest["artifacts"] == {"weights": "model.pth", "onnx": "model.onnx"}
     assert "weights" not in manifest
 
 
-def test_efficientdet_archive_carries_only_its_own_requirements(d0_archive):
+def test_efficientdet_archive_carries_only_its_own_requirements(d0_archive, tmp_path):
     text = read_member(d0_archive, "code/requirements.txt").decode()
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert lines == ["efficientnet_pytorch==0.7.1"]
+    assert lines == ["efficientnet_pytorch==0.7.1", "onnxruntime==1.31.1"]  # the default archive holds model.onnx
+    from smvision.archive.efficientdet import build_efficientdet_archive
+
+    torch_only = build_efficientdet_archive(tmp_path / "torch.tar.gz", 0, backend="torch")
+    text = read_member(torch_only, "code/requirements.txt").decode()
+    assert [line for line in text.splitlines() if line and not line.startswith("#")] == ["efficientnet_pytorch==0.7.1"]
 
 
 def test_kind_requirements_are_the_repository_pins_without_the_images_own():
@@ -174,5 +179,5 @@ def test_format_1_archive_with_one_weights_file_still_loads(d0_model_dir, tmp_pa
 
 def test_missing_artifact_role_is_a_clear_archive_error(d0_model_dir):
     manifest = read_manifest(d0_model_dir)
-    with pytest.raises(ArchiveError, match=r"no 'decoder' artifact \(it has: weights\)"):
+    with pytest.raises(ArchiveError, match=r"no 'decoder' artifact \(it has: onnx, weights\)"):
         manifest.artifact(d0_model_dir, "decoder")

@@ -279,7 +279,7 @@ def test_onnx_only_archive_serves_without_importing_torch(onnx_only_model_dir, p
         f"model = inference.model_fn({str(onnx_only_model_dir)!r})\n"
         "from smvision.records import parse_request\n"
         f"request = parse_request(open({str(skimage_photo('rocket.jpg'))!r}, 'rb').read(), 'image/jpeg')\n"
-        "results = inference.predict_fn(request, model).results\n"
+        "results = inference.predict_fn(request, model).results.items\n"
         "assert results[0]['image_size'] == [640, 427], results\n"
         "print(model.detector.runtime, model.batch_size, 'torch' in sys.modules, 'torchvision' in sys.modules)\n"
     )
