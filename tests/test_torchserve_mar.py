@@ -1,0 +1,211 @@
+"""`smvision archive mar`: the SAM .mar files served by TorchServe itself, natively.
+
+Builds sam_vit_tiny_test_decode.mar and sam_vit_tiny_test_encode.mar with the CLI, starts
+one TorchServe 0.12 (from the toolkit test venv, tests/toolkit/setup_toolkit_venv.sh)
+with both registered at start, and `smvision serve` on each .mar's extracted contents;
+then sends both the same requests (toolkit_harness's SAM_DECODE and SAM_ENCODE calls)
+and checks that answers, statuses (a bad prompt is a 400) and error bodies are the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import toolkit_harness as h
+
+pytestmark = pytest.mark.toolkit
+
+KINDS = {"sam-decode": h.SAM_DECODE, "sam-encode": h.SAM_ENCODE}
+MODEL_TYPE = "vit_tiny_test"
+
+
+def build_mar(kind: str, output: Path, *extra: str) -> subprocess.CompletedProcess:
+    argv = [str(h.PROJECT_BIN / "smvision"), "archive", "mar", kind, "--model-type", MODEL_TYPE, "--output", str(output), *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600)
+
+
+class TorchServe(h.ServerProcess):
+    """`torchserve --foreground` with the .mar files of model_store loaded at start,
+    every listener on 127.0.0.1, its temp files, logs and config under workdir."""
+
+    label = "torchserve"
+
+    def __init__(self, venv: Path, model_store: Path, workdir: Path, env: dict[str, str]) -> None:
+        others = h.other_torchserve_pids()
+        if others:
+            raise RuntimeError(f"TorchServe already runs here (pids {others})")
+        port = h.free_port()
+        tmp, cwd = workdir / "tmp", workdir / "cwd"
+        tmp.mkdir(parents=True)
+        cwd.mkdir(parents=True)
+        config = workdir / "config.properties"
+        config.write_text(
+            "\n".join(
+                [
+                    f"inference_address=http://127.0.0.1:{port}",
+                    f"management_address=http://127.0.0.1:{h.free_port()}",
+                    f"metrics_address=http://127.0.0.1:{h.free_port()}",
+                    "grpc_inference_address=127.0.0.1",
+                    "grpc_management_address=127.0.0.1",
+                    f"grpc_inference_port={h.free_port()}",
+                    f"grpc_management_port={h.free_port()}",
+                    f"model_store={model_store}",
+                    "load_models=" + ",".join(sorted(p.name for p in model_store.glob("*.mar"))),
+                    "default_workers_per_model=1",
+                    "disable_token_authorization=true",
+                    "disable_system_metrics=true",
+                    "",
+                ]
+            )
+        )
+        full_env = h._base_env(
+            {
+                "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+                "VIRTUAL_ENV": str(venv),
+                "TEMP": str(tmp),
+                "TMPDIR": str(tmp),
+                "LOG_LOCATION": str(cwd / "logs"),
+                "METRICS_LOCATION": str(cwd / "logs"),
+                **env,
+            }
+        )
+        argv = [str(venv / "bin" / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config)]
+        super().__init__(argv, full_env, cwd, workdir / "torchserve.log", port)
+
+    def predict(self, name: str, call: h.Call, bucket: str) -> h.Reply:
+        return h.post(f"{self.url}/predictions/{name}", call.render(bucket), call.headers())
+
+    def wait_model(self, name: str, probe: h.Call, bucket: str, timeout: float) -> None:
+        """Until the model answers the probe with 200 (TorchServe is up and its worker loaded)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"torchserve exited ({self.process.returncode}):\n{self.log_tail()}")
+            try:
+                reply = self.predict(name, probe, bucket)
+                if reply.status == 200:
+                    return
+                last = f"{reply.status} {reply.body[:300]!r}"
+            except OSError as exc:
+                last = repr(exc)
+            time.sleep(0.5)
+        raise TimeoutError(f"{name}: no good answer after {timeout:.0f} s (last: {last}):\n{self.log_tail()}")
+
+
+@dataclass
+class Served:
+    """What each server answered, by kind and call name; servers already stopped."""
+
+    mars: dict[str, Path] = field(default_factory=dict)
+    members: dict[str, list[str]] = field(default_factory=dict)
+    ours: dict[str, dict[str, h.Reply]] = field(default_factory=dict)
+    theirs: dict[str, dict[str, h.Reply]] = field(default_factory=dict)
+    leftover: list[int] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def served() -> Served:
+    try:
+        venv = h.ensure_toolkit_venv()
+    except h.ToolkitUnavailable as exc:
+        pytest.skip(f"TorchServe's venv cannot be built here: {exc}")
+    root = Path(tempfile.mkdtemp(prefix="smvision-mar-"))
+    result = Served()
+    try:
+        store = root / "store"
+        for kind in KINDS:
+            done = build_mar(kind, store)
+            assert done.returncode == 0, done.stderr[-3000:]
+            result.mars[kind] = Path(done.stdout.strip().splitlines()[-1])
+        with h.LocalS3(root / "moto.log") as s3:
+            s3.put(h.BUCKET, h.bucket_objects())
+            env = {k: os.environ[k] for k in h.S3_ENV if k in os.environ}
+            ours = {}
+            for kind, mar in result.mars.items():
+                model_dir = root / kind / "model"
+                with zipfile.ZipFile(mar) as archive:
+                    result.members[kind] = archive.namelist()
+                    archive.extractall(model_dir)
+                ours[kind] = h.OurServer(model_dir, root / kind, {**env, "SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
+            with h.ToolkitLock():
+                torchserve = TorchServe(venv, store, root / "torchserve", env)
+                try:
+                    for kind, case in KINDS.items():
+                        name = result.mars[kind].stem
+                        ours[kind].wait_ready(case.calls[0], h.BUCKET, 240)
+                        torchserve.wait_model(name, case.calls[0], h.BUCKET, 240)
+                        result.ours[kind] = {c.name: ours[kind].invoke(c, h.BUCKET) for c in case.calls}
+                        result.theirs[kind] = {c.name: torchserve.predict(name, c, h.BUCKET) for c in case.calls}
+                finally:
+                    torchserve.stop()
+                    result.leftover = torchserve.pids()
+                    for server in ours.values():
+                        server.stop()
+        yield result
+    finally:
+        h.make_writable(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _describe(reply: h.Reply) -> str:
+    return f"{reply.status} {reply.content_type} {reply.body[:300]!r}"
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_mar_is_named_by_type_and_kind_and_holds_the_archive(served: Served, kind: str):
+    mar = served.mars[kind]
+    assert mar.name == f"sam_{MODEL_TYPE}_{kind.removeprefix('sam-')}.mar"
+    members = set(served.members[kind])
+    payload = {"sam-decode": "sam_decoder.onnx", "sam-encode": "sam_image_encoder.pth"}[kind]
+    for name in ("manifest.json", payload, "code/inference.py", "code/requirements.txt",
+                 "code/smvision/torchserve_handler.py", "torchserve_handler.py", "MAR-INF/MANIFEST.json"):
+        assert name in members, sorted(members)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_torchserve_gives_the_same_answers_as_our_server(served: Served, kind: str):
+    problems = []
+    for call in KINDS[kind].calls:
+        ours, theirs = served.ours[kind][call.name], served.theirs[kind][call.name]
+        if (ours.status, theirs.status) != (call.status, call.status):
+            problems.append(f"{call.name}: want {call.status}, ours {_describe(ours)} / torchserve {_describe(theirs)}")
+            continue
+        if ours.content_type.split(";")[0] != theirs.content_type.split(";")[0]:
+            problems.append(f"{call.name}: content type {ours.content_type!r} != {theirs.content_type!r}")
+        if call.status == 200:
+            diffs = h.compare_json(h.decode(ours, call), h.decode(theirs, call))
+            problems += [f"{call.name}: {d}" for d in diffs[:10]]
+        elif ours.json() != theirs.json():  # the same {"error": ..., "status": N}
+            problems.append(f"{call.name}: error body {ours.body[:300]!r} != {theirs.body[:300]!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_a_bad_prompt_is_a_400_from_torchserve(served: Served):
+    reply = served.theirs["sam-decode"]["point-outside"]
+    assert reply.status == 400, _describe(reply)
+    assert json.loads(reply.body)["status"] == 400
+    assert "point" in json.loads(reply.body)["error"]
+
+
+def test_torchserve_stops_without_leftovers(served: Served):
+    assert served.leftover == []
+
+
+def test_missing_checkpoint_fails_before_writing(tmp_path):
+    output = tmp_path / "out"
+    done = build_mar("sam-decode", output, "--checkpoint", str(tmp_path / "sam_vit_b_01ec64.pth"))
+    assert done.returncode != 0
+    assert "sam_vit_b_01ec64.pth" in done.stderr and "does not exist" in done.stderr
+    assert not output.exists()
