@@ -209,3 +209,12 @@ def test_missing_checkpoint_fails_before_writing(tmp_path):
     assert done.returncode != 0
     assert "sam_vit_b_01ec64.pth" in done.stderr and "does not exist" in done.stderr
     assert not output.exists()
+
+
+def test_mar_names_follow_type_and_kind():
+    from smvision.archive.mar import mar_name
+
+    assert [mar_name(kind, "vit_b") for kind in ("sam-encode", "sam-decode", "sam")] == [
+        "sam_vit_b_encode", "sam_vit_b_decode", "sam_vit_b_sam"]
+    with pytest.raises(ValueError, match="efficientdet"):
+        mar_name("efficientdet", "vit_b")
