@@ -14,6 +14,7 @@ that name: POST /predictions/sam_vit_b_decode.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from smvision.archive.sam import SAM_KINDS, build_sam_archive
@@ -74,6 +75,13 @@ def pack_mar(stage: Path, output: Path) -> None:
         requirements_file=str(stage / REQUIREMENTS),
         force=True,
     )
-    package_model(config, manifest=ModelExportUtils.generate_manifest_json(config))
+    # torch-model-archiver copies into <tempdir>/<model name>, then removes it: a private
+    # tempdir keeps two builds of the same name (parallel tests, two users) apart
+    with tempfile.TemporaryDirectory(prefix="smvision-mar-") as private:
+        saved, tempfile.tempdir = tempfile.tempdir, private
+        try:
+            package_model(config, manifest=ModelExportUtils.generate_manifest_json(config))
+        finally:
+            tempfile.tempdir = saved
     if not output.is_file():
         raise RuntimeError(f"torch-model-archiver did not write {output}")
