@@ -25,10 +25,14 @@ from typing import Any
 
 log = logging.getLogger("smvision")
 
-#: in a .mar this file sits at the model dir's root, next to code/
-_CODE = Path(__file__).resolve().parent / "code"
-if (_CODE / "inference.py").is_file() and str(_CODE) not in sys.path:
-    sys.path.insert(0, str(_CODE))
+#: where the entry script is: in a .mar this file sits at the model dir's root, next to
+#: code/; imported as smvision.torchserve_handler it is code/smvision/, under code/
+_HERE = Path(__file__).resolve().parent
+for _code in (_HERE / "code", _HERE.parent):
+    if (_code / "inference.py").is_file():
+        if str(_code) not in sys.path:
+            sys.path.insert(0, str(_code))
+        break
 
 import inference  # noqa: E402  (code/inference.py: the entry script every server runs)
 from smvision.errors import InferenceError  # noqa: E402
