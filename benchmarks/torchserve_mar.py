@@ -1,7 +1,7 @@
 """A SAM .mar under TorchServe against the same payload under `smvision serve`, side by side.
 
     python benchmarks/torchserve_mar.py [--kind sam-decode] [--call inline-embedding]
-        [--requests 40] [--rounds 4]
+        [--requests 40] [--rounds 4] [--ts decode_input_request=false]
 
 Builds sam_vit_tiny_test_<kind>.mar with `smvision archive mar`, starts TorchServe 0.12
 (the toolkit test venv, natively) with it and `smvision serve` on the .mar's extracted
@@ -39,9 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--call", default=None, help="toolkit_harness call name (default: the case's first)")
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--ts", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TorchServe config.properties setting, e.g. decode_input_request=false")
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= args.requests <= 2000:
         parser.error("1 <= --rounds <= --requests <= 2000")
+    settings = dict(item.split("=", 1) for item in args.ts)
     case = CASES[args.kind]
     calls = {c.name: c for c in case.calls}
     call = calls[args.call] if args.call else case.calls[0]
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                     # one after the other, each starting alone
                     servers["ours"] = h.OurServer(model_dir, root / "ours", {**env, "SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
                     startup = {"ours": servers["ours"].wait_ready(call, h.BUCKET, 240)}
-                    servers["torchserve"] = TorchServe(venv, store, root / "torchserve", env)
+                    servers["torchserve"] = TorchServe(venv, store, root / "torchserve", env, settings)
                     servers["torchserve"].wait_model(mar.stem, call, h.BUCKET, 240)
                     startup["torchserve"] = time.monotonic() - servers["torchserve"].started
                     send = {
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     for server in servers.values():
                         server.stop()
-        print(f"{args.kind} ({call.name}), vit_tiny_test, {per_round * args.rounds} requests each, {args.rounds} rounds")
+        print(f"{args.kind} ({call.name}), vit_tiny_test, {per_round * args.rounds} requests each, {args.rounds} rounds"
+              + (f", TorchServe {settings}" if settings else ""))
         for name, values in seconds.items():
             ms = sorted(v * 1000 for v in values)
             print(

@@ -30,7 +30,10 @@ class TorchServe(h.ServerProcess):
 
     label = "torchserve"
 
-    def __init__(self, venv: Path, model_store: Path, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, venv: Path, model_store: Path, workdir: Path, env: dict[str, str], settings: dict[str, str] | None = None
+    ) -> None:
+        """settings: more config.properties lines (e.g. {"decode_input_request": "false"})."""
         others = h.other_torchserve_pids()
         if others:
             raise RuntimeError(f"TorchServe already runs here (pids {others})")
@@ -54,6 +57,7 @@ class TorchServe(h.ServerProcess):
                     "default_workers_per_model=1",
                     "disable_token_authorization=true",
                     "disable_system_metrics=true",
+                    *(f"{key}={value}" for key, value in (settings or {}).items()),
                     "",
                 ]
             )
