@@ -19,7 +19,12 @@ convolution's 2x2 taps are tied, so the masks follow the photo's shapes in 4x4 b
 either way: only the work per mask edge differs. The paths alternate call by call (order rotating each round) so
 machine load hits them alike; the masks of all paths are compared (IoU).
 
-    python benchmarks/sam_decode.py [--rounds 40] [--no-http] [--threads 2]
+Per-stage medians follow: Server-Timing for HTTP (receive, input = JSON parse, fetch =
+base64 + .npy, graph = onnxruntime, runs = mask runs, masks = RLE strings, output = JSON
+answer), the same stages timed in-process. --spinning both adds an in-process decoder
+whose onnxruntime threads spin-wait (the session default) beside ours (they sleep).
+
+    python benchmarks/sam_decode.py [--rounds 40] [--no-http] [--threads 2] [--spinning both]
 """
 
 from __future__ import annotations
@@ -168,10 +173,12 @@ def main() -> int:
     parser.add_argument("--model-type", default="vit_b")
     parser.add_argument("--no-http", action="store_true", help="skip the server (in-process only)")
     parser.add_argument("--masks", choices=("photo", "random"), default="photo", help="see the module docstring")
+    parser.add_argument("--spinning", choices=("off", "both"), default="off", help="both: also time a decoder whose threads spin")
     args = parser.parse_args()
 
     from pycocotools import mask as mask_utils
 
+    from smvision.inflight import request_scope, stage
     from smvision.models.sam.decoder import SamDecoder
     from smvision.models.sam.masks import encode_masks
     from smvision.models.sam.prompts import parse_prompts
@@ -183,7 +190,9 @@ def main() -> int:
     embedding = photo_embedding()
     session = upstream_session(upstream_path, args.threads)
     feed = upstream_feed(embedding)
-    decoder = SamDecoder(next(model_dir.glob("**/*.onnx")), threads=args.threads)
+    onnx_path = next(model_dir.glob("**/*.onnx"))
+    decoder = SamDecoder(onnx_path, threads=args.threads)
+    spinning_decoder = SamDecoder(onnx_path, threads=args.threads, spinning=True) if args.spinning == "both" else None
     params = {"points": [POINT], "labels": [1], "mask_format": "rle"}
     prompts = parse_prompts(params, (HEIGHT, WIDTH), "bench")
 
@@ -191,12 +200,27 @@ def main() -> int:
         logits, _, _ = session.run(None, feed)
         return logits > 0.0
 
-    def run_ours() -> list:
-        return encode_masks(decoder.decode(embedding, (HEIGHT, WIDTH), prompts).runs, "rle")
+    stages: dict[str, list[dict[str, float]]] = {}
 
+    def in_process(name: str, chosen) -> Callable[[], list]:
+        def run() -> list:
+            with request_scope(None) as flight:
+                result = chosen.decode(embedding, (HEIGHT, WIDTH), prompts)
+                with stage("masks"):
+                    masks = encode_masks(result.runs, "rle")
+            stages.setdefault(name, []).append({k: v * 1000 for k, v in flight.stages.items()})
+            return masks
+
+        return run
+
+    run_ours = in_process("ours in-process", decoder)
     paths: dict[str, Callable[[], tuple[float, float]]] = {"upstream recipe (bare ORT)": timed(run_upstream), "ours in-process": timed(run_ours)}
     reference = run_upstream()[0, 1:]
     answers = {"ours in-process": run_ours()}
+    if spinning_decoder is not None:
+        run_spinning = in_process("ours in-process, spinning", spinning_decoder)
+        paths["ours in-process, spinning"] = timed(run_spinning)
+        answers["ours in-process, spinning"] = run_spinning()
 
     server = None
     if not args.no_http:
@@ -213,6 +237,8 @@ def main() -> int:
         def post() -> bytes:
             response = http.post(url, data=body, headers={"Content-Type": "application/json", "Accept": "application/json"})
             response.raise_for_status()
+            timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+            stages.setdefault("ours over HTTP", []).append({k: float(v) for k, v in timing.items()})
             return response.content
 
         paths["ours over HTTP"] = timed(post, lambda: process_tree_cpu(server.process.pid))
@@ -228,6 +254,7 @@ def main() -> int:
                   f"(mask areas {', '.join(f'{m.mean():.1%}' for m in reference)}, {sum(len(m['counts']) for m in masks)} RLE chars)")
         for run in paths.values():  # warm up
             run()
+        stages.clear()
         times: dict[str, list[float]] = {name: [] for name in paths}
         cpu: dict[str, list[float]] = {name: [] for name in paths}
         names = list(paths)
@@ -250,6 +277,11 @@ def main() -> int:
         ratio = "" if name == names[0] else f"   {base_p50 / p50:.2f}x faster at p50, {base_p95 / p95:.2f}x at p95, {base_cpu / mean_cpu:.2f}x less CPU"
         print(f"{name:28s} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   CPU {mean_cpu:6.1f} ms/call{ratio}")
     print("(CPU: this process's time for in-process calls; the server's process tree, 10 ms ticks, for HTTP)")
+    print("\nmedian ms per stage (Server-Timing over HTTP; the same stages in-process):")
+    for name, rows in stages.items():
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        medians = {k: statistics.median(row.get(k, 0.0) for row in rows) for k in keys}
+        print(f"  {name:28s} " + "  ".join(f"{k} {v:.1f}" for k, v in medians.items()))
     return 0
 
 
