@@ -184,7 +184,8 @@ def test_npz_body_answers_as_json_does(handler, predictor):
     "body, status, words",
     [
         (b"PK\x03\x04 not a zip", 400, "not an .npz of plain arrays"),
-        (npz_body(image_embedding=np.array([{"a": 1}], dtype=object), original_size=np.array([427, 640])), 400, "not an .npz"),
+        (npz_body(image_embedding=np.array([{"a": 1}], dtype=object), original_size=np.array([427, 640])), 400,
+         "the .npz member 'image_embedding.npy' is not a .npy array"),
         (npz_body(image_embedding=np.zeros((1, 256, 32, 32), np.float32), **{k: np.array(v) for k, v in GOOD.items()}),
          400, "got shape (1, 256, 32, 32)"),
         (npz_body(image_embedding=np.zeros((1, 256, 64, 64), np.float32), original_size=np.array([427.0, 640.0]),

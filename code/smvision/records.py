@@ -122,7 +122,7 @@ def parse_npz_body(body: bytes | str, kind: str) -> Request:
     what JSON would give (0-d arrays numbers or strings, others lists). No pickles."""
     import zipfile
 
-    import numpy as np
+    from smvision.npy import load_npy
 
     data = body.encode("latin-1") if isinstance(body, str) else bytes(body)
     try:
@@ -131,11 +131,9 @@ def parse_npz_body(body: bytes | str, kind: str) -> Request:
             if sum(m.file_size for m in members) > MAX_NPZ_BYTES:
                 raise too_large(f"the .npz body unpacks to more than {MAX_NPZ_BYTES:,} bytes")
             params: dict[str, Any] = {}
-            for member in members:
-                name = member.filename.removesuffix(".npy")
-                with archive.open(member) as stream:
-                    array = np.lib.format.read_array(stream, allow_pickle=False)
-                params[name] = array if array.ndim >= 3 else array.tolist()
+            for member in members:  # read in place from the member's bytes (smvision.npy)
+                array = load_npy(archive.read(member), f"the .npz member {quote(member.filename)}")
+                params[member.filename.removesuffix(".npy")] = array if array.ndim >= 3 else array.tolist()
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise bad_request(f"the body is not an .npz of plain arrays (numpy.savez): {quote(str(exc))}") from None
     if not params:
