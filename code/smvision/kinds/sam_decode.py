@@ -164,9 +164,16 @@ class SamDecodeModel:
             self.embeddings.reference(record.params["image_embedding"], where)  # its shape, before any read
             size = parse_original_size(record.params.get("original_size"), where, self.max_pixels)
             checked.append((record, size, self.prompts(record, size)))
-        with stage("fetch"):
-            futures = [self._pool.submit(self.embeddings.read, r.params["image_embedding"], f"record {r.index}") for r, _, _ in checked]
-            embeddings = [future.result() for future in futures]
+        with stage("fetch"):  # S3 reads concurrently on the pool; inline ones here (no thread hop)
+            reads = {
+                r.index: self._pool.submit(self.embeddings.read, r.params["image_embedding"], f"record {r.index}")
+                for r, _, _ in checked
+                if self.embeddings.reference(r.params["image_embedding"], f"record {r.index}") is not None
+            }
+            embeddings = [
+                reads[r.index].result() if r.index in reads else self.embeddings.read(r.params["image_embedding"], f"record {r.index}")
+                for r, _, _ in checked
+            ]
         results = []
         for (record, size, prompts), embedding in zip(checked, embeddings):
             check_deadline(f"before decoding record {record.index}")
