@@ -198,3 +198,13 @@ def test_bad_npz_bodies_say_what_is_wrong(handler, body, status, words):
         handler.invoke(body, "application/x-npz", None)
     assert caught.value.status_code == status, caught.value.message
     assert words in caught.value.message
+
+
+def test_compressed_npz_body_answers_the_same(handler, predictor):
+    embedding = predictor.get_image_embedding().numpy()
+    prompts = {"original_size": np.array([427, 640]), "points": np.array([[320, 200]]), "labels": np.array([1])}
+    stored, compressed = io.BytesIO(), io.BytesIO()
+    np.savez(stored, image_embedding=embedding, **prompts)
+    np.savez_compressed(compressed, image_embedding=embedding, **prompts)
+    answers = [json.loads(handler.invoke(b.getvalue(), "application/x-npz", None)[0]) for b in (stored, compressed)]
+    assert answers[0] == answers[1] and len(answers[0]["masks"]) == 3

@@ -21,6 +21,9 @@ except ImportError:  # pragma: no cover - exercised where pybase64 is missing
     import base64 as _base64
 
 
+_HEADER_LIMIT = 1 << 20  # bytes of a .npy's start read for its header (numpy writes under 1 KiB)
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     """The .npy file bytes of an array (what np.load reads back)."""
     buffer = io.BytesIO()
@@ -37,7 +40,8 @@ def load_npy(data: bytes | bytearray | memoryview, where: str) -> np.ndarray:
     """.npy bytes -> array (read-only, a view of data: no copy); a 400 naming `where`
     for anything that is not a plain .npy (object arrays included: no pickles)."""
     fmt = np.lib.format
-    stream = io.BytesIO(data)
+    # the header from a bytes object in place; from other buffers, a copy of its start only
+    stream = io.BytesIO(data if isinstance(data, bytes) else bytes(memoryview(data)[:_HEADER_LIMIT]))
     try:
         version = fmt.read_magic(stream)
         if version not in ((1, 0), (2, 0)):  # 3.0 (utf-8 field names): numpy's own reader
