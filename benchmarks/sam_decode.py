@@ -2,7 +2,9 @@
 
 - upstream: segment_anything's SamOnnxModel exported with the slicing fix, onnxruntime on
   2 threads, four masks upsampled in the graph to 1024 and then to the original size,
-  thresholded in numpy (the bare onnxruntime call: no HTTP, no encoding).
+  thresholded in numpy (the bare onnxruntime call: no HTTP, no encoding), timed in a
+  process of its own (--recipe-process same: in this one, where its spinning threads
+  slow whatever runs next here, our in-process call included).
 - ours in-process: SamDecoder.decode (the sam-decode archive's .onnx) + RLE of the three
   multimask masks (encode_masks(result.runs, "rle")).
 - ours over HTTP: `smvision serve` with the sam-decode archive, one JSON request with
@@ -137,6 +139,45 @@ def upstream_feed(embedding: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def recipe_worker(connection, path: str, threads: int, feed: dict[str, np.ndarray]) -> None:
+    """In a process of its own: the recipe's call (session.run, threshold) per message,
+    answering (wall seconds, CPU seconds[, the three multimask masks])."""
+    session = upstream_session(Path(path), threads)
+    while (message := connection.recv()) is not None:
+        cpu, started = time.process_time(), time.perf_counter()
+        logits, _, _ = session.run(None, feed)
+        masks = logits > 0.0
+        wall, used = time.perf_counter() - started, time.process_time() - cpu
+        connection.send((wall, used, masks[0, 1:] if message == "masks" else None))
+
+
+class RecipeProcess:
+    """The upstream recipe timed in a child process (its onnxruntime threads spin after
+    each call, as the recipe's default session does; in our process they would take the
+    cores from the next in-process call)."""
+
+    def __init__(self, path: Path, threads: int, feed: dict[str, np.ndarray]) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=recipe_worker, args=(child, str(path), threads, feed), daemon=True)
+        self.process.start()
+
+    def run(self) -> tuple[float, float]:
+        self.connection.send("run")
+        wall, used, _ = self.connection.recv()
+        return wall, used
+
+    def masks(self) -> np.ndarray:
+        self.connection.send("masks")
+        return self.connection.recv()[2]
+
+    def stop(self) -> None:
+        self.connection.send(None)
+        self.process.join(10)
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
@@ -175,6 +216,8 @@ def main() -> int:
     parser.add_argument("--model-type", default="vit_b")
     parser.add_argument("--no-http", action="store_true", help="skip the server (in-process only)")
     parser.add_argument("--masks", choices=("photo", "random"), default="photo", help="see the module docstring")
+    parser.add_argument("--recipe-process", choices=("own", "same"), default="own",
+                        help="own: the recipe runs in a process of its own, so its spinning threads do not slow our in-process calls")
     parser.add_argument("--spinning", choices=("off", "both"), default="off", help="both: also time a decoder whose threads spin")
     args = parser.parse_args()
 
@@ -190,7 +233,8 @@ def main() -> int:
     print(f"building the {args.model_type} decoder (random weights, seed {SEED}) and the embedding ...", flush=True)
     upstream_path, model_dir = build(args.model_type, workdir, args.masks == "photo")
     embedding = photo_embedding()
-    session = upstream_session(upstream_path, args.threads)
+    recipe = RecipeProcess(upstream_path, args.threads, upstream_feed(embedding)) if args.recipe_process == "own" else None
+    session = upstream_session(upstream_path, args.threads) if recipe is None else None
     feed = upstream_feed(embedding)
     onnx_path = next(model_dir.glob("**/*.onnx"))
     decoder = SamDecoder(onnx_path, threads=args.threads)
@@ -216,8 +260,9 @@ def main() -> int:
         return run
 
     run_ours = in_process("ours in-process", decoder)
-    paths: dict[str, Callable[[], tuple[float, float]]] = {"upstream recipe (bare ORT)": timed(run_upstream), "ours in-process": timed(run_ours)}
-    reference = run_upstream()[0, 1:]
+    upstream = timed(run_upstream) if recipe is None else recipe.run
+    paths: dict[str, Callable[[], tuple[float, float]]] = {"upstream recipe (bare ORT)": upstream, "ours in-process": timed(run_ours)}
+    reference = run_upstream()[0, 1:] if recipe is None else recipe.masks()
     answers = {"ours in-process": run_ours()}
     if spinning_decoder is not None:
         run_spinning = in_process("ours in-process, spinning", spinning_decoder)
@@ -280,6 +325,8 @@ def main() -> int:
     finally:
         if server is not None:
             server.stop()
+        if recipe is not None:
+            recipe.stop()
         scratch.cleanup()
 
     print(f"\n{args.rounds} rounds, {HEIGHT}x{WIDTH}, one point, {args.masks} masks, {args.threads} threads, os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
