@@ -51,11 +51,14 @@ def build_archive(
     write_payload: Callable[[Path], Mapping[str, str]],
     random_weights: bool,
     extra: dict[str, Any] | None = None,
+    packer: Callable[[Path, Path], None] | None = None,
 ) -> Path:
     """Stage an archive and pack it to output.
 
     write_payload(stage_dir) writes the kind's files (weights, class names, an .onnx,
     ...) and returns its artifacts: role -> relative name (e.g. {"weights": "model.pth"}).
+    packer(stage_dir, output) turns the staged folder into the output file: by default
+    `pack` (model.tar.gz); smvision.archive.mar packs the same stage as a TorchServe .mar.
     Returns the output path.
     """
     output = Path(output)
@@ -73,7 +76,7 @@ def build_archive(
         )
         (stage / MANIFEST_NAME).write_text(manifest.to_json())
         output.parent.mkdir(parents=True, exist_ok=True)
-        pack(stage, output)
+        (packer or pack)(stage, output)
     return output
 
 

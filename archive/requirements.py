@@ -17,7 +17,8 @@ from typing import Iterable
 KIND_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "efficientdet": ("efficientnet_pytorch==0.7.1",),
     # segment_anything's modules (the image encoder) and ResizeLongestSide
-    "sam-encode": ("segment-anything==1.0",),
+    # pybase64: base64 of 4 MB embeddings in about 1 ms (the standard library: 12 ms)
+    "sam-encode": ("segment-anything==1.0", "pybase64==1.5.1"),
     # ONNX Runtime for the decoder, ResizeLongestSide for prompt coordinates;
     # pycocotools for RLE masks, OpenCV for polygons
     "sam-decode": (
@@ -25,12 +26,14 @@ KIND_REQUIREMENTS: dict[str, tuple[str, ...]] = {
         "segment-anything==1.0",
         "pycocotools==2.0.11",
         "opencv-python-headless==5.0.0.93",
+        "pybase64==1.5.1",
     ),
     "sam": (
         "segment-anything==1.0",
         "onnxruntime==1.31.1",
         "pycocotools==2.0.11",
         "opencv-python-headless==5.0.0.93",
+        "pybase64==1.5.1",
     ),
 }
 

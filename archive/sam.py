@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 from smvision.archive.build import build_archive
 
@@ -30,12 +31,15 @@ def build_sam_archive(
     checkpoint: str | Path | None = None,
     quantize: bool = False,
     seed: int = 0,
+    packer: Callable[[Path, Path], None] | None = None,
 ) -> Path:
     """Write a model.tar.gz of kind (sam-encode | sam-decode | sam) for model_type.
 
     checkpoint: an official SAM checkpoint (sam_vit_b_01ec64.pth, ...), checked against
     model_type before anything is written; None: random weights (seeded), said loudly.
     quantize: dynamic int8 decoder weights (sam-decode and sam only).
+    packer: how the staged folder becomes the output (default model.tar.gz; see
+    smvision.archive.mar for the TorchServe .mar).
     """
     import torch
 
@@ -81,4 +85,5 @@ def build_sam_archive(
         write_payload=write_payload,
         random_weights=checkpoint is None,
         extra={"source_checkpoint": Path(checkpoint).name if checkpoint else None},
+        packer=packer,
     )

@@ -2,12 +2,16 @@
 
 - upstream: segment_anything's SamOnnxModel exported with the slicing fix, onnxruntime on
   2 threads, four masks upsampled in the graph to 1024 and then to the original size,
-  thresholded in numpy (the bare onnxruntime call: no HTTP, no encoding).
+  thresholded in numpy (the bare onnxruntime call: no HTTP, no encoding), timed in a
+  process of its own (--recipe-process same: in this one, where its spinning threads
+  slow whatever runs next here, our in-process call included).
 - ours in-process: SamDecoder.decode (the sam-decode archive's .onnx) + RLE of the three
   multimask masks (encode_masks(result.runs, "rle")).
 - ours over HTTP: `smvision serve` with the sam-decode archive, one JSON request with
   the embedding inline (base64 .npy), one point, mask_format rle; timed from send to the
   last byte of the answer.
+- ours over HTTP, .npz: the same request as one application/x-npz body (numpy.savez of
+  the float32 embedding and the prompts): no base64, no JSON to parse.
 
 The decoder is the same 4.06M parameters for every model type: vit_b's, random weights
 from a fixed seed (the archive is built with the same seed, so all paths share weights).
@@ -19,7 +23,12 @@ convolution's 2x2 taps are tied, so the masks follow the photo's shapes in 4x4 b
 either way: only the work per mask edge differs. The paths alternate call by call (order rotating each round) so
 machine load hits them alike; the masks of all paths are compared (IoU).
 
-    python benchmarks/sam_decode.py [--rounds 40] [--no-http] [--threads 2]
+Per-stage medians follow: Server-Timing for HTTP (receive, input = JSON parse, fetch =
+base64 + .npy, graph = onnxruntime, runs = mask runs, masks = RLE strings, output = JSON
+answer), the same stages timed in-process. --spinning both adds an in-process decoder
+whose onnxruntime threads spin-wait (the session default) beside ours (they sleep).
+
+    python benchmarks/sam_decode.py [--rounds 40] [--no-http] [--threads 2] [--spinning both]
 """
 
 from __future__ import annotations
@@ -130,6 +139,45 @@ def upstream_feed(embedding: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def recipe_worker(connection, path: str, threads: int, feed: dict[str, np.ndarray]) -> None:
+    """In a process of its own: the recipe's call (session.run, threshold) per message,
+    answering (wall seconds, CPU seconds[, the three multimask masks])."""
+    session = upstream_session(Path(path), threads)
+    while (message := connection.recv()) is not None:
+        cpu, started = time.process_time(), time.perf_counter()
+        logits, _, _ = session.run(None, feed)
+        masks = logits > 0.0
+        wall, used = time.perf_counter() - started, time.process_time() - cpu
+        connection.send((wall, used, masks[0, 1:] if message == "masks" else None))
+
+
+class RecipeProcess:
+    """The upstream recipe timed in a child process (its onnxruntime threads spin after
+    each call, as the recipe's default session does; in our process they would take the
+    cores from the next in-process call)."""
+
+    def __init__(self, path: Path, threads: int, feed: dict[str, np.ndarray]) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=recipe_worker, args=(child, str(path), threads, feed), daemon=True)
+        self.process.start()
+
+    def run(self) -> tuple[float, float]:
+        self.connection.send("run")
+        wall, used, _ = self.connection.recv()
+        return wall, used
+
+    def masks(self) -> np.ndarray:
+        self.connection.send("masks")
+        return self.connection.recv()[2]
+
+    def stop(self) -> None:
+        self.connection.send(None)
+        self.process.join(10)
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
@@ -168,10 +216,14 @@ def main() -> int:
     parser.add_argument("--model-type", default="vit_b")
     parser.add_argument("--no-http", action="store_true", help="skip the server (in-process only)")
     parser.add_argument("--masks", choices=("photo", "random"), default="photo", help="see the module docstring")
+    parser.add_argument("--recipe-process", choices=("own", "same"), default="own",
+                        help="own: the recipe runs in a process of its own, so its spinning threads do not slow our in-process calls")
+    parser.add_argument("--spinning", choices=("off", "both"), default="off", help="both: also time a decoder whose threads spin")
     args = parser.parse_args()
 
     from pycocotools import mask as mask_utils
 
+    from smvision.inflight import request_scope, stage
     from smvision.models.sam.decoder import SamDecoder
     from smvision.models.sam.masks import encode_masks
     from smvision.models.sam.prompts import parse_prompts
@@ -181,9 +233,12 @@ def main() -> int:
     print(f"building the {args.model_type} decoder (random weights, seed {SEED}) and the embedding ...", flush=True)
     upstream_path, model_dir = build(args.model_type, workdir, args.masks == "photo")
     embedding = photo_embedding()
-    session = upstream_session(upstream_path, args.threads)
+    recipe = RecipeProcess(upstream_path, args.threads, upstream_feed(embedding)) if args.recipe_process == "own" else None
+    session = upstream_session(upstream_path, args.threads) if recipe is None else None
     feed = upstream_feed(embedding)
-    decoder = SamDecoder(next(model_dir.glob("**/*.onnx")), threads=args.threads)
+    onnx_path = next(model_dir.glob("**/*.onnx"))
+    decoder = SamDecoder(onnx_path, threads=args.threads)
+    spinning_decoder = SamDecoder(onnx_path, threads=args.threads, spinning=True) if args.spinning == "both" else None
     params = {"points": [POINT], "labels": [1], "mask_format": "rle"}
     prompts = parse_prompts(params, (HEIGHT, WIDTH), "bench")
 
@@ -191,12 +246,28 @@ def main() -> int:
         logits, _, _ = session.run(None, feed)
         return logits > 0.0
 
-    def run_ours() -> list:
-        return encode_masks(decoder.decode(embedding, (HEIGHT, WIDTH), prompts).runs, "rle")
+    stages: dict[str, list[dict[str, float]]] = {}
 
-    paths: dict[str, Callable[[], tuple[float, float]]] = {"upstream recipe (bare ORT)": timed(run_upstream), "ours in-process": timed(run_ours)}
-    reference = run_upstream()[0, 1:]
+    def in_process(name: str, chosen) -> Callable[[], list]:
+        def run() -> list:
+            with request_scope(None) as flight:
+                result = chosen.decode(embedding, (HEIGHT, WIDTH), prompts)
+                with stage("masks"):
+                    masks = encode_masks(result.runs, "rle")
+            stages.setdefault(name, []).append({k: v * 1000 for k, v in flight.stages.items()})
+            return masks
+
+        return run
+
+    run_ours = in_process("ours in-process", decoder)
+    upstream = timed(run_upstream) if recipe is None else recipe.run
+    paths: dict[str, Callable[[], tuple[float, float]]] = {"upstream recipe (bare ORT)": upstream, "ours in-process": timed(run_ours)}
+    reference = run_upstream()[0, 1:] if recipe is None else recipe.masks()
     answers = {"ours in-process": run_ours()}
+    if spinning_decoder is not None:
+        run_spinning = in_process("ours in-process, spinning", spinning_decoder)
+        paths["ours in-process, spinning"] = timed(run_spinning)
+        answers["ours in-process, spinning"] = run_spinning()
 
     server = None
     if not args.no_http:
@@ -210,15 +281,29 @@ def main() -> int:
         http = requests.Session()
         url = server.url + "/invocations"
 
-        def post() -> bytes:
-            response = http.post(url, data=body, headers={"Content-Type": "application/json", "Accept": "application/json"})
-            response.raise_for_status()
-            return response.content
+        npz = io.BytesIO()
+        np.savez(npz, image_embedding=embedding, original_size=np.array([HEIGHT, WIDTH]),
+                 **{k: np.array(v) for k, v in params.items()})
+        bodies = {"ours over HTTP": (body, "application/json"), "ours over HTTP, .npz": (npz.getvalue(), "application/x-npz")}
 
-        paths["ours over HTTP"] = timed(post, lambda: process_tree_cpu(server.process.pid))
-        answer = json.loads(post())
-        answer = answer[0] if isinstance(answer, list) else answer
-        answers["ours over HTTP"] = answer["masks"]
+        def poster(name: str) -> Callable[[], bytes]:
+            data, content_type = bodies[name]
+
+            def post() -> bytes:
+                response = http.post(url, data=data, headers={"Content-Type": content_type, "Accept": "application/json"})
+                response.raise_for_status()
+                timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+                stages.setdefault(name, []).append({k: float(v) for k, v in timing.items()})
+                return response.content
+
+            return post
+
+        for name in bodies:
+            post = poster(name)
+            paths[name] = timed(post, lambda: process_tree_cpu(server.process.pid))
+            answer = json.loads(post())
+            answer = answer[0] if isinstance(answer, list) else answer
+            answers[name] = answer["masks"]
 
     try:
         for name, masks in answers.items():
@@ -228,6 +313,7 @@ def main() -> int:
                   f"(mask areas {', '.join(f'{m.mean():.1%}' for m in reference)}, {sum(len(m['counts']) for m in masks)} RLE chars)")
         for run in paths.values():  # warm up
             run()
+        stages.clear()
         times: dict[str, list[float]] = {name: [] for name in paths}
         cpu: dict[str, list[float]] = {name: [] for name in paths}
         names = list(paths)
@@ -239,6 +325,8 @@ def main() -> int:
     finally:
         if server is not None:
             server.stop()
+        if recipe is not None:
+            recipe.stop()
         scratch.cleanup()
 
     print(f"\n{args.rounds} rounds, {HEIGHT}x{WIDTH}, one point, {args.masks} masks, {args.threads} threads, os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
@@ -250,6 +338,11 @@ def main() -> int:
         ratio = "" if name == names[0] else f"   {base_p50 / p50:.2f}x faster at p50, {base_p95 / p95:.2f}x at p95, {base_cpu / mean_cpu:.2f}x less CPU"
         print(f"{name:28s} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   CPU {mean_cpu:6.1f} ms/call{ratio}")
     print("(CPU: this process's time for in-process calls; the server's process tree, 10 ms ticks, for HTTP)")
+    print("\nmedian ms per stage (Server-Timing over HTTP; the same stages in-process):")
+    for name, rows in stages.items():
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        medians = {k: statistics.median(row.get(k, 0.0) for row in rows) for k in keys}
+        print(f"  {name:28s} " + "  ".join(f"{k} {v:.1f}" for k, v in medians.items()))
     return 0
 
 

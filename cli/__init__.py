@@ -4,6 +4,8 @@
                                 [--backend torch|onnx|both] --output model.tar.gz
     smvision archive build {sam-encode|sam-decode|sam} --model-type {vit_b|vit_l|vit_h} [--checkpoint F]
                            [--quantize] --output model.tar.gz
+    smvision archive mar {sam-encode|sam-decode|sam} --model-type T [--checkpoint F] [--quantize]
+                         --output DIR        (writes DIR/sam_<type>_<encode|decode|sam>.mar)
     smvision serve --model-dir DIR [--port N] [--workers K]
     smvision archive push | deploy create/delete/list | invoke | transform | bench (cli/deploy.py)
 """
@@ -30,6 +32,16 @@ def _build_sam(args: argparse.Namespace) -> int:
     from smvision.archive.sam import build_sam_archive
 
     path = build_sam_archive(
+        args.output, args.kind, args.model_type, checkpoint=args.checkpoint, quantize=args.quantize, seed=args.seed
+    )
+    print(path)
+    return 0
+
+
+def _build_mar(args: argparse.Namespace) -> int:
+    from smvision.archive.mar import build_sam_mar
+
+    path = build_sam_mar(
         args.output, args.kind, args.model_type, checkpoint=args.checkpoint, quantize=args.quantize, seed=args.seed
     )
     print(path)
@@ -95,6 +107,21 @@ def parser() -> argparse.ArgumentParser:
         sam.add_argument("--seed", type=int, default=0, help="seed for random weights (without --checkpoint)")
         sam.add_argument("--output", required=True, help="where to write model.tar.gz")
         sam.set_defaults(run=_build_sam, quantize=False)
+
+    # archive mar: the same SAM payload and code/ as a TorchServe .mar (the seed's format)
+    mar = archive_commands.add_parser("mar", help="build a SAM TorchServe .mar (sam_<type>_<kind>.mar)")
+    mar_kinds = mar.add_subparsers(dest="kind", required=True)
+    for kind, text in sam_help.items():
+        sam = mar_kinds.add_parser(kind, help=text)
+        sam.add_argument(
+            "--model-type", required=True, choices=["vit_b", "vit_l", "vit_h", "vit_tiny_test"], help="SAM type"
+        )
+        sam.add_argument("--checkpoint", help="official SAM checkpoint; none = random weights, for tests only")
+        if kind != "sam-encode":
+            sam.add_argument("--quantize", action="store_true", help="dynamic int8 weights in the ONNX decoder")
+        sam.add_argument("--seed", type=int, default=0, help="seed for random weights (without --checkpoint)")
+        sam.add_argument("--output", required=True, help="folder to write sam_<type>_<kind>.mar into")
+        sam.set_defaults(run=_build_mar, quantize=False)
 
     serve = commands.add_parser("serve", help="serve an extracted archive on the SageMaker contract")
     serve.add_argument("--model-dir", help="extracted archive (default $SAGEMAKER_BASE_DIR/model)")

@@ -151,3 +151,60 @@ def test_image_bodies_are_415(handler, photos):
         with pytest.raises(InferenceError) as caught:
             handler.invoke(body, content_type, None)
         assert caught.value.status_code == 415 and "application/json, application/jsonlines" in caught.value.message
+
+
+def npz_body(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_npz_body_answers_as_json_does(handler, predictor):
+    """One record as numpy.savez arrays (no base64, no JSON): the same answer."""
+    embedding = predictor.get_image_embedding().numpy()
+    params = {"original_size": [427, 640], "points": [[320, 200], [100, 100]], "labels": [1, 0], "return_logits": True}
+    expected = call(handler, {"image_embedding": b64npy(embedding), **params})
+    body, kind = handler.invoke(npz_body(image_embedding=embedding, **{k: np.array(v) for k, v in params.items()}),
+                                "application/x-npz", None)
+    assert kind == "application/json"
+    assert json.loads(body) == expected
+    # float16 embedding, a mask_input array, a string and a flag as 0-d arrays
+    logits = np.load(io.BytesIO(base64.b64decode(expected["low_res_logits"])))[:1]
+    as_json = call(handler, {"image_embedding": b64npy(embedding.astype(np.float16)), "original_size": [427, 640],
+                             "box": [10, 20, 600, 400], "mask_input": b64npy(logits), "multimask_output": False,
+                             "mask_format": "polygon"})
+    body, _ = handler.invoke(npz_body(image_embedding=embedding.astype(np.float16), original_size=np.array([427, 640]),
+                                      box=np.array([10, 20, 600, 400]), mask_input=logits,
+                                      multimask_output=np.array(False), mask_format=np.array("polygon")),
+                             "application/x-npz", None)
+    assert json.loads(body) == as_json
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"PK\x03\x04 not a zip", 400, "not an .npz of plain arrays"),
+        (npz_body(image_embedding=np.array([{"a": 1}], dtype=object), original_size=np.array([427, 640])), 400,
+         "the .npz member 'image_embedding.npy' is not a .npy array"),
+        (npz_body(image_embedding=np.zeros((1, 256, 32, 32), np.float32), **{k: np.array(v) for k, v in GOOD.items()}),
+         400, "got shape (1, 256, 32, 32)"),
+        (npz_body(image_embedding=np.zeros((1, 256, 64, 64), np.float32), original_size=np.array([427.0, 640.0]),
+                  points=np.array([[1, 2]]), labels=np.array([1])), 400, "two positive integers"),
+        (npz_body(), 400, "holds no arrays"),
+    ],
+)
+def test_bad_npz_bodies_say_what_is_wrong(handler, body, status, words):
+    with pytest.raises(InferenceError) as caught:
+        handler.invoke(body, "application/x-npz", None)
+    assert caught.value.status_code == status, caught.value.message
+    assert words in caught.value.message
+
+
+def test_compressed_npz_body_answers_the_same(handler, predictor):
+    embedding = predictor.get_image_embedding().numpy()
+    prompts = {"original_size": np.array([427, 640]), "points": np.array([[320, 200]]), "labels": np.array([1])}
+    stored, compressed = io.BytesIO(), io.BytesIO()
+    np.savez(stored, image_embedding=embedding, **prompts)
+    np.savez_compressed(compressed, image_embedding=embedding, **prompts)
+    answers = [json.loads(handler.invoke(b.getvalue(), "application/x-npz", None)[0]) for b in (stored, compressed)]
+    assert answers[0] == answers[1] and len(answers[0]["masks"]) == 3

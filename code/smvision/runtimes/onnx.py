@@ -28,12 +28,20 @@ def providers(device: str = "cpu") -> list[str]:
     return [name for name in wanted if name in available] or ["CPUExecutionProvider"]
 
 
-def create_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None) -> Any:
+def create_session(
+    model: str | Path | bytes, device: str = "cpu", threads: int | None = None, spinning: bool = True
+) -> Any:
     """An InferenceSession for an .onnx file (or its bytes), fully optimised, sequential,
-    with `threads` intra-op threads (default: smvision.threads.threads_per_worker())."""
+    with `threads` intra-op threads (default: smvision.threads.threads_per_worker()).
+
+    spinning=False: idle intra-op threads sleep rather than spin-wait for work
+    (session.intra_op.allow_spinning 0): less CPU per call, and much less wall time when
+    the cores are shared with other processes (benchmarks/sam_decode.py --spinning)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or threads_per_worker()

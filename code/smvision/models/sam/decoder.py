@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smvision.inflight import stage
 from smvision.models.sam.masks import MaskRuns
 from smvision.models.sam.prompts import MASK_INPUT_SIZE, Prompts
 from smvision.runtimes.onnx import create_session
@@ -52,12 +53,13 @@ def input_size(original_size: tuple[int, int], long_side: int = IMG_SIZE) -> tup
 
 
 class SamDecoder:
-    """One ONNX Runtime session, made once; decode() per request."""
+    """One ONNX Runtime session, made once; decode() per request. Its threads sleep when
+    idle rather than spin (spinning=True to let them: see create_session)."""
 
-    def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None, spinning: bool = False) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        self.session = create_session(onnx_path, device, threads)
+        self.session = create_session(onnx_path, device, threads, spinning=spinning)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = ["iou_predictions", "low_res_masks"]
         self.transform = ResizeLongestSide(IMG_SIZE)
@@ -88,10 +90,12 @@ class SamDecoder:
 
     def decode(self, embedding: np.ndarray, original_size: tuple[int, int], prompts: Prompts) -> DecodeResult:
         """Masks, scores and low-res logits for one image's embedding (1, 256, 64, 64)."""
-        scores, low_res = self.session.run(self.output_names, self.feed(embedding, original_size, prompts))
+        with stage("graph"):
+            scores, low_res = self.session.run(self.output_names, self.feed(embedding, original_size, prompts))
         chosen = slice(1, None) if prompts.multimask_output else slice(0, 1)
         low_res = low_res[0, chosen]
-        runs = mask_runs(low_res, input_size(original_size), original_size)
+        with stage("runs"):
+            runs = mask_runs(low_res, input_size(original_size), original_size)
         return DecodeResult(masks=runs, scores=scores[0, chosen], low_res_logits=low_res)
 
 

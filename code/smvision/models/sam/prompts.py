@@ -125,12 +125,15 @@ def _inside(xy: np.ndarray, width: int, height: int, name: str, where: str) -> N
 
 
 def _mask_input(value: Any, where: str) -> np.ndarray:
-    if not isinstance(value, str):
+    if isinstance(value, np.ndarray):  # from an .npz body
+        array = value
+    elif not isinstance(value, str):
         raise bad_request(f"{where}: 'mask_input' must be a base64 string of .npy bytes")
-    try:
-        array = np.load(io.BytesIO(base64.b64decode(value, validate=True)), allow_pickle=False)
-    except (binascii.Error, ValueError, OSError, EOFError):
-        raise bad_request(f"{where}: 'mask_input' is not base64 .npy bytes") from None
+    else:
+        try:
+            array = np.load(io.BytesIO(base64.b64decode(value, validate=True)), allow_pickle=False)
+        except (binascii.Error, ValueError, OSError, EOFError):
+            raise bad_request(f"{where}: 'mask_input' is not base64 .npy bytes") from None
     if not isinstance(array, np.ndarray) or array.shape not in _MASK_INPUT_SHAPES:
         raise bad_request(
             f"{where}: 'mask_input' must have shape (1, 256, 256) (the low_res_logits of an earlier "
