@@ -17,18 +17,22 @@ KIND_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     # segment_anything's modules (the image encoder) and ResizeLongestSide
     "sam-encode": ("segment-anything==1.0",),
     # ONNX Runtime for the decoder, ResizeLongestSide for prompt coordinates;
-    # pycocotools for RLE masks, OpenCV for polygons
+    # pycocotools for RLE masks, OpenCV for polygons, rasterio + shapely for GeoJSON
     "sam-decode": (
         "onnxruntime==1.31.1",
         "segment-anything==1.0",
         "pycocotools==2.0.11",
         "opencv-python-headless==5.0.0.93",
+        "rasterio==1.5.2",
+        "shapely==2.2.0",
     ),
     "sam": (
         "segment-anything==1.0",
         "onnxruntime==1.31.1",
         "pycocotools==2.0.11",
         "opencv-python-headless==5.0.0.93",
+        "rasterio==1.5.2",
+        "shapely==2.2.0",
     ),
 }
 
