@@ -23,7 +23,7 @@ KIND_REQUIREMENTS: dict[str, tuple[str, ...]] = {
         "segment-anything==1.0",
         "pycocotools==2.0.11",
         "opencv-python-headless==5.0.0.93",
-        "rasterio==1.5.2",
+        "rasterio==1.4.4",
         "shapely==2.2.0",
     ),
     "sam": (
@@ -31,7 +31,7 @@ KIND_REQUIREMENTS: dict[str, tuple[str, ...]] = {
         "onnxruntime==1.31.1",
         "pycocotools==2.0.11",
         "opencv-python-headless==5.0.0.93",
-        "rasterio==1.5.2",
+        "rasterio==1.4.4",
         "shapely==2.2.0",
     ),
 }
