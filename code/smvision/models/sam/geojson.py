@@ -1,7 +1,8 @@
 """Masks -> GeoJSON: one Feature per mask, its outline polygons with their holes.
 
-Outlines are rasterio.features.shapes' (GDAL's polygonizer): exact pixel-edge outlines,
-4-connected regions, holes kept, so a filled polygon covers exactly the mask's pixels.
+Outlines are rasterio.features.shapes' (GDAL's polygonizer, run on the mask's bounding
+box): exact pixel-edge outlines, 4-connected regions, holes kept, so a filled polygon
+covers exactly the mask's pixels.
 shapely simplifies them (Douglas-Peucker that keeps the topology valid, the tolerance in
 pixels), maps them through the geotransform and orients the rings as RFC 7946 asks
 (outer rings counterclockwise, holes clockwise, in the answer's coordinates).
@@ -32,8 +33,16 @@ def mask_geometry(mask: np.ndarray, options: GeoJsonOptions) -> Any:
     from shapely.geometry import shape
     from shapely.geometry.polygon import orient
 
-    mask = np.ascontiguousarray(mask, dtype=bool)
-    polygons = [shape(geometry) for geometry, _ in shapes(mask.view(np.uint8), mask=mask, connectivity=4)]
+    from affine import Affine
+
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return MultiPolygon()
+    # polygonize only the mask's bounding box (an object is often a small part of the image)
+    top, left = int(rows[0]), int(columns[0])
+    crop = np.ascontiguousarray(mask[top : rows[-1] + 1, left : columns[-1] + 1], dtype=bool)
+    found = shapes(crop.view(np.uint8), mask=crop, connectivity=4, transform=Affine.translation(left, top))
+    polygons = [shape(geometry) for geometry, _ in found]
     geometry = MultiPolygon(polygons)
     if options.simplify_tolerance > 0 and polygons:
         geometry = geometry.simplify(options.simplify_tolerance, preserve_topology=True)
