@@ -146,8 +146,9 @@ def test_crs_forms():
         assert prompts.crs == "EPSG:32633" and prompts.geotransform == UTM
 
 
-def geotiff(array: np.ndarray, geotransform, crs: str | None) -> bytes:
-    """A GeoTIFF written by rasterio (GDAL) with this geotransform and CRS."""
+def geotiff(array: np.ndarray, geotransform, crs: str | None, pixel_is_point: bool = False) -> bytes:
+    """A GeoTIFF written by rasterio (GDAL) with this geotransform and CRS (PixelIsPoint:
+    GDAL writes the tiepoint at the first pixel's centre and the raster type key 2)."""
     from affine import Affine
     from rasterio.io import MemoryFile
 
@@ -155,6 +156,8 @@ def geotiff(array: np.ndarray, geotransform, crs: str | None) -> bytes:
     with MemoryFile() as memory:
         with memory.open(driver="GTiff", width=width, height=height, count=3, dtype="uint8",
                          transform=Affine.from_gdal(*geotransform), crs=crs, photometric="RGB") as dataset:
+            if pixel_is_point:
+                dataset.update_tags(AREA_OR_POINT="Point")
             dataset.write(np.moveaxis(array, 2, 0))
         return memory.read()
 
@@ -167,6 +170,9 @@ def test_a_geotiffs_own_georeferencing_is_read():
     rotated = (10.0, 0.5, 0.25, 20.0, 0.25, -0.5)  # GDAL writes a ModelTransformationTag
     assert read_georef(geotiff(pixels, rotated, "EPSG:4326")) == Georef(rotated, "EPSG:4326")
     assert read_georef(geotiff(pixels, UTM, None)) == Georef(UTM, None)
+    point = geotiff(pixels, UTM, "EPSG:32633", pixel_is_point=True)
+    assert Image.open(io.BytesIO(point)).tag_v2[33922][3:5] == (500005.0, 4599995.0)  # a pixel centre
+    assert read_georef(point) == Georef(UTM, "EPSG:32633")  # shifted back to corners, as GDAL reads it
     plain = io.BytesIO()
     Image.fromarray(pixels).save(plain, format="TIFF")
     assert read_georef(plain.getvalue()) is None
