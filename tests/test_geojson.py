@@ -196,6 +196,31 @@ def test_orientation_maps_upright_pixels_to_stored_pixels(orientation):
             assert upright[v, u] == stored[int(y), int(x)]
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_rotated_geotiffs_map_coordinates_follow_its_pixels(orientation):
+    """A GeoTIFF with a TIFF Orientation tag: each upright pixel the decoder gives keeps
+    the map position of the stored pixel it came from."""
+    from PIL import TiffImagePlugin
+
+    stored = np.arange(5 * 7, dtype=np.uint8).reshape(5, 7)
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[274] = orientation
+    tags[33550] = (10.0, 10.0, 0.0)  # ModelPixelScale
+    tags[33922] = (0.0, 0.0, 0.0, 500000.0, 4600000.0, 0.0)  # ModelTiepoint: corner (0, 0)
+    tags[34735] = (1, 1, 0, 2, 1024, 0, 1, 1, 3072, 0, 1, 32633)  # projected, EPSG:32633
+    buffer = io.BytesIO()
+    Image.fromarray(np.dstack([stored] * 3)).save(buffer, format="TIFF", tiffinfo=tags)
+    upright = decode_image(buffer.getvalue(), "t")[:, :, 0]
+    georef = read_georef(buffer.getvalue())
+    assert georef.crs == "EPSG:32633"
+    c, a, b, f, d, e = georef.geotransform
+    for v in range(upright.shape[0]):
+        for u in range(upright.shape[1]):
+            x, y = c + a * (u + 0.5) + b * (v + 0.5), f + d * (u + 0.5) + e * (v + 0.5)
+            column, row = (x - 500000.0) / 10.0, (4600000.0 - y) / 10.0
+            assert upright[v, u] == stored[int(row), int(column)]
+
+
 # --- end to end: the sam kind on a GeoTIFF, sam-decode with a geotransform ---
 
 

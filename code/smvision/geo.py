@@ -31,6 +31,8 @@ MODEL_TIEPOINT = 33922
 MODEL_TRANSFORMATION = 34264
 GEO_KEY_DIRECTORY = 34735
 ORIENTATION = 274
+IMAGE_WIDTH = 256
+IMAGE_LENGTH = 257
 
 GT_MODEL_TYPE = 1024
 GT_RASTER_TYPE = 1025
@@ -198,7 +200,8 @@ def read_georef(data: bytes) -> Georef | None:
             if georef is None:
                 return None
             orientation = int(image.tag_v2.get(ORIENTATION, 1))
-            width, height = image.size
-    except (OSError, SyntaxError, ValueError):
+            # the stored raster's size (Pillow's image.size is already the upright one)
+            width, height = int(image.tag_v2[IMAGE_WIDTH]), int(image.tag_v2[IMAGE_LENGTH])
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError):
         return None
     return upright(georef, orientation, width, height) if orientation != 1 else georef
