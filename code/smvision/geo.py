@@ -111,7 +111,8 @@ def tiff_georef(image: Any) -> Georef | None:
         if keys.get(GT_RASTER_TYPE) == RASTER_PIXEL_IS_POINT:
             c, a, b, f, d, e = geotransform
             geotransform = (c - 0.5 * (a + b), a, b, f - 0.5 * (d + e), d, e)
-        if not all(math.isfinite(v) for v in geotransform) or geotransform[1] * geotransform[5] - geotransform[2] * geotransform[4] == 0:
+        _, a, b, _, d, e = geotransform
+        if not all(math.isfinite(v) for v in geotransform) or a * e - b * d == 0:
             return None
         return Georef(geotransform, _epsg(keys))
     except (TypeError, ValueError, IndexError):

@@ -77,7 +77,9 @@ def check_embedding(array: np.ndarray, where: str) -> np.ndarray:
     return array
 
 
-def answer(result: Any, prompts: Any, original_size: tuple[int, int], image_georef: Any = None, where: str = "record") -> dict[str, Any]:
+def answer(
+    result: Any, prompts: Any, original_size: tuple[int, int], image_georef: Any = None, where: str = "record"
+) -> dict[str, Any]:
     """CONTRACT section 5: masks in the asked format, scores, and logits on request.
 
     mask_format "geojson": a FeatureCollection, in map coordinates when the request gives
@@ -111,7 +113,9 @@ def geojson_options(prompts: Any, image_georef: Any, where: str) -> Any:
         georef = Georef(prompts.geotransform, prompts.crs)
     elif prompts.crs is not None:
         if georef is None:
-            raise bad_request(f"{where}: 'crs' needs a 'geotransform' (six numbers, GDAL order) or a georeferenced GeoTIFF")
+            raise bad_request(
+                f"{where}: 'crs' needs a 'geotransform' (six numbers, GDAL order) or a georeferenced GeoTIFF"
+            )
         georef = Georef(georef.geotransform, prompts.crs)
     return GeoJsonOptions(georef, prompts.simplify_tolerance)
 

@@ -72,7 +72,9 @@ def mask_features(masks: np.ndarray, options: GeoJsonOptions) -> list[dict[str, 
     ]
 
 
-def feature_collection(found: list[dict[str, Any]], properties: Sequence[dict[str, Any]], options: GeoJsonOptions) -> dict[str, Any]:
+def feature_collection(
+    found: list[dict[str, Any]], properties: Sequence[dict[str, Any]], options: GeoJsonOptions
+) -> dict[str, Any]:
     """The FeatureCollection of features (from mask_features()), each given its extra properties.
 
     Map coordinates add "geotransform" (a foreign member) and, when the CRS is known, the
