@@ -20,13 +20,15 @@ KIND_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     # pybase64: base64 of 4 MB embeddings in about 1 ms (the standard library: 12 ms)
     "sam-encode": ("segment-anything==1.0", "pybase64==1.5.1"),
     # ONNX Runtime for the decoder, ResizeLongestSide for prompt coordinates;
-    # pycocotools for RLE masks, OpenCV for polygons
+    # pycocotools for RLE masks, OpenCV for polygons, rasterio + shapely for GeoJSON
     "sam-decode": (
         "onnxruntime==1.31.1",
         "segment-anything==1.0",
         "pycocotools==2.0.11",
         "opencv-python-headless==5.0.0.93",
         "pybase64==1.5.1",
+        "rasterio==1.4.4",
+        "shapely==2.2.0",
     ),
     "sam": (
         "segment-anything==1.0",
@@ -34,6 +36,8 @@ KIND_REQUIREMENTS: dict[str, tuple[str, ...]] = {
         "pycocotools==2.0.11",
         "opencv-python-headless==5.0.0.93",
         "pybase64==1.5.1",
+        "rasterio==1.4.4",
+        "shapely==2.2.0",
     ),
 }
 

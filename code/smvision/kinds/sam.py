@@ -10,8 +10,9 @@ Records: the image records of every kind (JSON with bucket/key, s3_uri or image;
 lines; CSV lines and raw images carry no prompts, so they are 400s) with the prompts of
 sam-decode (points + labels, box, mask_input, multimask_output, mask_format,
 return_logits). The answer is sam-decode's plus "source" and "embedding_cache" ("hit" or
-"miss"); the time spent encoding shows as the `encode` stage of Server-Timing, absent on
-a hit.
+"miss"); with mask_format "geojson", a GeoTIFF's own georeferencing (kept with its
+embedding) gives map coordinates unless the request gives a geotransform. The time spent
+encoding shows as the `encode` stage of Server-Timing, absent on a hit.
 
 Environment (read once at load):
   SAM_EMBEDDING_CACHE_SIZE  embeddings kept (32; about 4 MB each; 0 turns the cache off)
@@ -20,14 +21,16 @@ Environment (read once at load):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from smvision.cache import LruCache
+from smvision.geo import read_georef
 from smvision.images import ImageLoader
 from smvision.inflight import check_deadline, stage
 from smvision.kinds import BASE_MEDIA
-from smvision.kinds.sam_decode import answer, load_decoder
+from smvision.kinds.sam_decode import answer, geojson_options, load_decoder
 from smvision.kinds.sam_encode import load_encoder
 from smvision.manifest import Manifest
 from smvision.params import check_known, env_int
@@ -72,25 +75,31 @@ class SamModel:
                 fetched = self.loader.fetch(record)
             with stage("decode"):
                 image = self.loader.decode(record, fetched)
-            self.prompts(record, image.shape[:2])  # a bad prompt is a 400 before the costly encode
+            georef = read_georef(fetched.data)
+            self.prompts(record, image.shape[:2], georef)  # a bad prompt is a 400 before the costly encode
             with stage("encode"):
                 (embedding,) = self.encoder.encode([image])
+            embedding = replace(embedding, georef=georef)
             self.cache.put(fetched.identity, embedding)
-        prompts = self.prompts(record, embedding.original_size)
+        prompts = self.prompts(record, embedding.original_size, embedding.georef)
         with stage("mask_decoder"):
             result = self.decoder.decode(embedding.array, embedding.original_size, prompts)
         return {
             "source": record.source.describe(),
             "embedding_cache": "hit" if hit else "miss",
-            **answer(result, prompts, embedding.original_size),
+            **answer(result, prompts, embedding.original_size, embedding.georef, record.label()),
         }
 
     @staticmethod
-    def prompts(record: Record, original_size: tuple[int, int]) -> Any:
-        """The record's prompts, checked against its image's size (400s name the record)."""
+    def prompts(record: Record, original_size: tuple[int, int], georef: Any = None) -> Any:
+        """The record's prompts, checked against its image's size and georeferencing (400s
+        name the record)."""
         from smvision.models.sam.prompts import parse_prompts
 
-        return parse_prompts(record.params, (int(original_size[0]), int(original_size[1])), record.label())
+        prompts = parse_prompts(record.params, (int(original_size[0]), int(original_size[1])), record.label())
+        if prompts.mask_format == "geojson":
+            geojson_options(prompts, georef, record.label())
+        return prompts
 
 
 def load(model_dir: Path, manifest: Manifest) -> SamModel:

@@ -6,7 +6,8 @@ A record (JSON, or one per JSON line) carries
                    or {"bucket": B, "key": K}
   original_size    [H, W] of the image the embedding came from (sam-encode answers it)
 and the prompts of smvision.models.sam.prompts: points + labels, box, mask_input,
-multimask_output, mask_format (rle | png | polygon | npy), return_logits.
+multimask_output, mask_format (rle | png | polygon | npy | geojson), return_logits;
+for geojson, geotransform (+ crs) and simplify_tolerance.
 
 Or one record as an .npz body (Content-Type application/x-npz, numpy.savez): the same
 names as arrays, image_embedding the (1, 256, 64, 64) array itself; no base64, no JSON
@@ -81,21 +82,56 @@ def check_embedding(array: np.ndarray, where: str) -> np.ndarray:
     return array
 
 
-def answer(result: Any, prompts: Any, original_size: tuple[int, int]) -> dict[str, Any]:
-    """CONTRACT section 5: masks in the asked format, scores, and logits on request."""
+def answer(
+    result: Any, prompts: Any, original_size: tuple[int, int], image_georef: Any = None, where: str = "record"
+) -> dict[str, Any]:
+    """CONTRACT section 5: masks in the asked format, scores, and logits on request.
+
+    mask_format "geojson": a FeatureCollection, in map coordinates when the request gives
+    a geotransform or the image carried one (image_georef, a smvision.geo.Georef)."""
     from smvision.models.sam.masks import encode_masks
 
+    scores = [round(float(s), 5) for s in result.scores]
     with stage("masks"):
-        masks = encode_masks(result.masks, prompts.mask_format)
+        if prompts.mask_format == "geojson":
+            masks = geojson_answer(result.masks, scores, prompts, image_georef, where)
+        else:
+            masks = encode_masks(result.masks, prompts.mask_format)
     out: dict[str, Any] = {
         "masks": masks,
-        "scores": [round(float(s), 5) for s in result.scores],
+        "scores": scores,
         "mask_format": prompts.mask_format,
         "original_size": list(original_size),
     }
     if prompts.return_logits:
         out["low_res_logits"] = np.ascontiguousarray(result.low_res_logits, dtype=np.float32)
     return out
+
+
+def geojson_options(prompts: Any, image_georef: Any, where: str) -> Any:
+    """GeoJsonOptions for a record: the request's geotransform (and crs) over the image's own."""
+    from smvision.geo import Georef
+    from smvision.models.sam.geojson import GeoJsonOptions
+
+    georef = image_georef
+    if prompts.geotransform is not None:
+        georef = Georef(prompts.geotransform, prompts.crs)
+    elif prompts.crs is not None:
+        if georef is None:
+            raise bad_request(
+                f"{where}: 'crs' needs a 'geotransform' (six numbers, GDAL order) or a georeferenced GeoTIFF"
+            )
+        georef = Georef(georef.geotransform, prompts.crs)
+    return GeoJsonOptions(georef, prompts.simplify_tolerance)
+
+
+def geojson_answer(masks: Any, scores: list[float], prompts: Any, image_georef: Any, where: str) -> dict[str, Any]:
+    """The masks as a GeoJSON FeatureCollection, each Feature with its mask_index and score."""
+    from smvision.models.sam.geojson import feature_collection
+    from smvision.models.sam.masks import encode_masks
+
+    options = geojson_options(prompts, image_georef, where)
+    return feature_collection(encode_masks(masks, "geojson", options), [{"score": s} for s in scores], options)
 
 
 class EmbeddingReader:
@@ -163,7 +199,10 @@ class SamDecodeModel:
                 raise bad_request(f"{where}: 'image_embedding' is missing (base64 .npy, or an S3 reference to one)")
             self.embeddings.reference(record.params["image_embedding"], where)  # its shape, before any read
             size = parse_original_size(record.params.get("original_size"), where, self.max_pixels)
-            checked.append((record, size, self.prompts(record, size)))
+            prompts = self.prompts(record, size)
+            if prompts.mask_format == "geojson":
+                geojson_options(prompts, None, where)  # a crs without a geotransform: 400 before any read
+            checked.append((record, size, prompts))
         with stage("fetch"):  # S3 reads concurrently on the pool; inline ones here (no thread hop)
             reads = {
                 r.index: self._pool.submit(self.embeddings.read, r.params["image_embedding"], f"record {r.index}")
@@ -179,7 +218,7 @@ class SamDecodeModel:
             check_deadline(f"before decoding record {record.index}")
             with stage("mask_decoder"):
                 result = self.decoder.decode(embedding, size, prompts)
-            results.append(answer(result, prompts, size))
+            results.append(answer(result, prompts, size, where=f"record {record.index}"))
         return results
 
     @staticmethod

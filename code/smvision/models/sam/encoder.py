@@ -25,6 +25,7 @@ class Embedding:
     array: np.ndarray  # (1, 256, 64, 64) float32, as get_image_embedding() returns it
     original_size: tuple[int, int]  # (H, W) of the image
     input_size: tuple[int, int]  # (h, w) after ResizeLongestSide, before padding
+    georef: Any = None  # the image's own georeferencing (smvision.geo.Georef), if a GeoTIFF
 
 
 def check_precision(precision: str, device: str) -> None:

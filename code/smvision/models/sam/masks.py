@@ -5,8 +5,9 @@
 - png: base64 PNG, 1 bit per pixel (Pillow).
 - polygon: the outlines as lists of [x, y] rings (OpenCV contours; outer outlines and
   the outlines of holes, so an even-odd fill gives the mask back).
-- geojson: a GeoJSON MultiPolygon geometry per mask (outer rings and holes, pixel
-  coordinates), from the same contours.
+- geojson: a GeoJSON Feature per mask (MultiPolygon, holes kept), exact pixel-edge
+  outlines from rasterio.features.shapes, optionally simplified and georeferenced
+  (smvision.models.sam.geojson); the answer wraps them in a FeatureCollection.
 - npy: base64 .npy of the (H, W) bool mask.
 
 Masks come either as a bool array (K, H, W) or as MaskRuns (COCO run lengths, what
@@ -108,13 +109,16 @@ class RunMasks(np.ndarray):
         self.runs = None
 
 
-def encode_masks(masks: np.ndarray | MaskRuns, mask_format: str) -> list:
-    """One encoded mask per mask in masks (bool (K, H, W), or MaskRuns), in mask_format."""
+def encode_masks(masks: np.ndarray | MaskRuns, mask_format: str, geojson_options: Any = None) -> list:
+    """One encoded mask per mask in masks (bool (K, H, W), or MaskRuns), in mask_format;
+    geojson_options (a GeoJsonOptions: geotransform, CRS, simplification) for "geojson"."""
     runs = masks if isinstance(masks, MaskRuns) else getattr(masks, "runs", None)
     if runs is not None and mask_format == "rle":
         return runs.rle()
     if isinstance(masks, MaskRuns):
         masks = masks.dense
+    if mask_format == "geojson":
+        return geojson(np.asarray(masks), geojson_options)
     return ENCODERS[mask_format](np.asarray(masks))
 
 
@@ -152,38 +156,13 @@ def polygon(masks: np.ndarray) -> list[list[list[list[int]]]]:
     return out
 
 
-def geojson(masks: np.ndarray) -> list[dict[str, Any]]:
-    """Per mask a GeoJSON MultiPolygon in pixel coordinates [x, y]: each polygon an outer
-    ring (OpenCV contour through the edge pixels) and its holes, rings closed, outer rings
-    counterclockwise and holes clockwise (RFC 7946, with y as the second axis). Outlines
-    of fewer than 3 pixels (specks) are left out."""
-    import cv2
+def geojson(masks: np.ndarray, options: Any = None) -> list[dict[str, Any]]:
+    """Per mask a GeoJSON Feature (MultiPolygon, holes kept; properties {"mask_index": i}),
+    in pixel coordinates or, with options.georef, map coordinates: see
+    smvision.models.sam.geojson (rasterio.features.shapes + shapely)."""
+    from smvision.models.sam.geojson import GeoJsonOptions, mask_features
 
-    out = []
-    for mask in masks:
-        contours, hierarchy = cv2.findContours(np.ascontiguousarray(mask).view(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-        polygons: dict[int, list] = {}
-        for index, contour in enumerate(contours):
-            parent = int(hierarchy[0][index][3])
-            points = contour.reshape(-1, 2)
-            if len(points) < 3 or (parent >= 0 and parent not in polygons):
-                continue
-            ring = _oriented_ring(points, outer=parent < 0)
-            if parent < 0:
-                polygons[index] = [ring]
-            else:
-                polygons[parent].append(ring)
-        out.append({"type": "MultiPolygon", "coordinates": list(polygons.values())})
-    return out
-
-
-def _oriented_ring(points: np.ndarray, outer: bool) -> list[list[int]]:
-    """A closed ring, counterclockwise when outer (positive shoelace area), else clockwise."""
-    x, y = points[:, 0].astype(np.int64), points[:, 1].astype(np.int64)
-    area = int((x * np.roll(y, -1) - np.roll(x, -1) * y).sum())
-    if (area > 0) != outer:
-        points = points[::-1]
-    return points.tolist() + [points[0].tolist()]
+    return mask_features(masks, options or GeoJsonOptions())
 
 
 def npy(masks: np.ndarray) -> list[str]:

@@ -3,7 +3,8 @@
 A request may carry `points` [[x, y], ...] with `labels` (1 foreground, 0 background), a
 `box` [x1, y1, x2, y2], or both, all in original-image pixels; optionally `mask_input`
 (the low-res logits of an earlier round, as base64 .npy), `multimask_output`,
-`mask_format` and `return_logits`.
+`mask_format` and `return_logits`; with mask_format "geojson", `geotransform` (six
+numbers, GDAL order), `crs` (an EPSG code) and `simplify_tolerance` (pixels, >= 0).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from smvision.errors import bad_request
+from smvision.geo import parse_crs, parse_geotransform
 
 MASK_FORMATS = ("rle", "png", "polygon", "geojson", "npy")
-PROMPT_KEYS = ("points", "labels", "box", "mask_input", "multimask_output", "mask_format", "return_logits")
+GEOJSON_KEYS = ("geotransform", "crs", "simplify_tolerance")
+PROMPT_KEYS = ("points", "labels", "box", "mask_input", "multimask_output", "mask_format", "return_logits", *GEOJSON_KEYS)
 MASK_INPUT_SIZE = 256
 _MASK_INPUT_SHAPES = ((256, 256), (1, 256, 256), (1, 1, 256, 256))
 
@@ -36,6 +39,9 @@ class Prompts:
     multimask_output: bool = True
     mask_format: str = "rle"
     return_logits: bool = False
+    geotransform: tuple[float, ...] | None = None  # GDAL order, for mask_format geojson
+    crs: str | None = None  # "EPSG:<code>", for mask_format geojson
+    simplify_tolerance: float = 0.0  # pixels, for mask_format geojson
 
 
 def parse_prompts(params: Mapping[str, Any], original_size: tuple[int, int], where: str) -> Prompts:
@@ -64,6 +70,9 @@ def parse_prompts(params: Mapping[str, Any], original_size: tuple[int, int], whe
     mask_format = params.get("mask_format", "rle")
     if mask_format not in MASK_FORMATS:
         raise bad_request(f"{where}: mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
+    geo = {key: params[key] for key in GEOJSON_KEYS if params.get(key) is not None}
+    if geo and mask_format != "geojson":
+        raise bad_request(f"{where}: {', '.join(geo)} apply to mask_format \"geojson\" only, not {mask_format!r}")
     return Prompts(
         points=points,
         labels=labels,
@@ -72,6 +81,9 @@ def parse_prompts(params: Mapping[str, Any], original_size: tuple[int, int], whe
         multimask_output=_flag(params, "multimask_output", True, where),
         mask_format=mask_format,
         return_logits=_flag(params, "return_logits", False, where),
+        geotransform=parse_geotransform(geo["geotransform"], where) if "geotransform" in geo else None,
+        crs=parse_crs(geo["crs"], where) if "crs" in geo else None,
+        simplify_tolerance=_tolerance(geo.get("simplify_tolerance", 0.0), where),
     )
 
 
@@ -144,6 +156,13 @@ def _mask_input(value: Any, where: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise bad_request(f"{where}: 'mask_input' holds NaN or infinite values")
     return np.ascontiguousarray(array.reshape(1, 1, MASK_INPUT_SIZE, MASK_INPUT_SIZE), dtype=np.float32)
+
+
+def _tolerance(value: Any, where: str) -> float:
+    tolerance = _number(value, "'simplify_tolerance'", where)
+    if tolerance < 0:
+        raise bad_request(f"{where}: 'simplify_tolerance' is in pixels and must be >= 0, got {value!r}")
+    return tolerance
 
 
 def _flag(params: Mapping[str, Any], name: str, default: bool, where: str) -> bool:
