@@ -52,7 +52,7 @@ def test_each_kind_carries_its_own_payload_and_requirements(tmp_path):
     decode = build_sam_archive(tmp_path / "d.tar.gz", "sam-decode", "vit_tiny_test")
     assert "sam_decoder.onnx" not in archive_members(encode) and "sam_image_encoder.pth" in archive_members(encode)
     assert "sam_image_encoder.pth" not in archive_members(decode) and "sam_decoder.onnx" in archive_members(decode)
-    assert requirement_lines(encode) == ["segment-anything==1.0"]
+    assert requirement_lines(encode) == ["segment-anything==1.0", "pybase64==1.5.1"]
     assert "onnxruntime==1.31.1" in requirement_lines(decode) and "pycocotools==2.0.11" in requirement_lines(decode)
     # the same seed gives the same bytes
     assert build_sam_archive(tmp_path / "e2.tar.gz", "sam-encode", "vit_tiny_test").read_bytes() == encode.read_bytes()
