@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     os.environ["SMVISION_THREADS"] = str(args.threads)
+    os.environ["SAM_EVERYTHING_MAX_ANSWER_MB"] = "1000"  # random weights: salt-and-pepper masks, long RLEs
 
     from PIL import Image
 

@@ -176,3 +176,61 @@ def _npy_base64(array: np.ndarray) -> str:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class BlobDecoder:
+    """A stand-in for the decoder with masks that trained weights would give: three discs
+    (radius 3, 8, 20 low-res pixels) around each point, scores that vary by point."""
+
+    def __init__(self) -> None:
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        self.transform = ResizeLongestSide(1024)
+
+    @staticmethod
+    def low_res(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 3) scores and (B, 3, 256, 256) logits for points in the 1024 frame."""
+        yy, xx = np.mgrid[0:256, 0:256] + 0.5
+        centre = coords / 4
+        distance = np.hypot(xx[None] - centre[:, 0, None, None], yy[None] - centre[:, 1, None, None])
+        logits = np.stack([radius - distance for radius in (3.0, 8.0, 20.0)], axis=1).astype(np.float32)
+        scores = 0.5 + 0.45 * np.sin(np.stack([centre[:, 0] * 0.37 + centre[:, 1] * 0.11 + k for k in range(3)], 1)) ** 2
+        return scores.astype(np.float32), logits
+
+    def decode(self, embedding, points, image_size):
+        return self.low_res(self.transform.apply_coords(np.asarray(points, dtype=np.float64), image_size))
+
+
+def test_generate_matches_the_generator_on_masks_with_shapes_crops_nms_and_small_regions(tiny_sam):
+    """Random weights give whole-image masks that crop-edge filters and NMS throw away; on
+    disc-shaped masks every step of the generator has work to do, crops included."""
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from smvision.models.sam.decoder import input_size
+    from smvision.models.sam.everything import answer, generate, parse_options
+
+    knobs = {"points_per_side": 6, "crop_n_layers": 1, "pred_iou_thresh": 0.6, "stability_score_thresh": 0.8,
+             "min_mask_region_area": 400, "box_nms_thresh": 0.5}
+    size = (300, 450)
+    result = generate(size, parse_options(knobs, "test"), lambda box: (None, input_size((box[3] - box[1], box[2] - box[0]))),
+                      BlobDecoder())
+    ours = answer(result, "rle", size, 10**9)["masks"]
+
+    generator = SamAutomaticMaskGenerator(tiny_sam, output_mode="coco_rle", **knobs)
+    predictor = generator.predictor
+
+    def set_image(image, image_format="RGB"):
+        predictor.original_size = image.shape[:2]
+        predictor.input_size = predictor.transform.get_preprocess_shape(*image.shape[:2], 1024)
+        predictor.is_image_set = True
+
+    def predict_torch(point_coords, point_labels, multimask_output=True, return_logits=False):
+        scores, low = BlobDecoder.low_res(point_coords[:, 0].numpy())
+        low = torch.from_numpy(low)
+        return predictor.model.postprocess_masks(low, predictor.input_size, predictor.original_size), torch.from_numpy(scores), low
+
+    predictor.set_image, predictor.predict_torch = set_image, predict_torch
+    theirs = generator.generate(np.zeros((*size, 3), np.uint8))
+    assert_same_masks(ours, theirs)
+    assert len({tuple(m["crop_box"]) for m in ours}) > 1  # masks from crops survived too
