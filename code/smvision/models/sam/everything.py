@@ -261,7 +261,14 @@ def _process_batch(
     point_rows = torch.as_tensor(points.repeat(scores.shape[1], axis=0))
     keep = iou > options.pred_iou_thresh if options.pred_iou_thresh > 0.0 else torch.ones(len(iou), dtype=torch.bool)
     indices = keep.nonzero()[:, 0]
-    out = MaskData(rles=[], iou_preds=iou[:0], points=point_rows[:0], stability_score=iou[:0], boxes=torch.zeros((0, 4), dtype=torch.int64))
+    out = MaskData(
+        rles=[],
+        areas=torch.zeros(0, dtype=torch.int64),
+        iou_preds=iou[:0],
+        points=point_rows[:0],
+        stability_score=iou[:0],
+        boxes=torch.zeros((0, 4), dtype=torch.int64),
+    )
     step = max(1, UPSAMPLE_FLOATS // (max(crop_size[0] * crop_size[1], 1024 * 1024)))
     for start in range(0, len(indices), step):
         chosen = indices[start : start + step]
@@ -275,6 +282,7 @@ def _process_batch(
         out.cat(
             MaskData(
                 rles=_rles(masks.numpy(), crop_box, image_size),
+                areas=masks.sum((1, 2), dtype=torch.int64),
                 iou_preds=iou[chosen],
                 points=point_rows[chosen],
                 stability_score=stability,
@@ -317,7 +325,7 @@ def _remove_small_regions(data: Any, options: EverythingOptions, nms_thresh: flo
     from torchvision.ops import batched_nms
 
     area = options.min_mask_region_area
-    boxes, scores, changed_rles = [], [], {}
+    boxes, scores, changed_rles, changed_areas = [], [], {}, {}
     for index, rle in enumerate(data["rles"]):
         mask = mask_utils.decode(rle).astype(bool)
         mask, changed_holes = remove_small_regions(mask, area, mode="holes")
@@ -327,23 +335,23 @@ def _remove_small_regions(data: Any, options: EverythingOptions, nms_thresh: flo
         scores.append(float(unchanged))
         if not unchanged:
             changed_rles[index] = mask_utils.encode(np.asfortranarray(mask[:, :, None]).view(np.uint8))[0]
+            changed_areas[index] = int(mask.sum())
     boxes = torch.stack(boxes)
     keep = batched_nms(boxes.float(), torch.as_tensor(scores), torch.zeros(len(boxes)), nms_thresh)
     for index in keep.tolist():
         if index in changed_rles:
             data["rles"][index] = changed_rles[index]
+            data["areas"][index] = changed_areas[index]
             data["boxes"][index] = boxes[index]
     data.filter(keep)
 
 
 def _result(data: Any, image_size: tuple[int, int]) -> EverythingResult:
     """The generator's annotation records (without the segmentation) and the masks' runs."""
-    from pycocotools import mask as mask_utils
-
     from smvision.models.sam.masks import MaskRuns
 
     rles = list(data["rles"]) if len(data["rles"]) else []
-    areas = mask_utils.area(rles).tolist() if rles else []
+    areas = data["areas"].tolist() if rles else []
     records = []
     for index in range(len(rles)):
         x0, y0, x1, y1 = (int(v) for v in data["boxes"][index].tolist())
@@ -368,8 +376,14 @@ def answer(result: EverythingResult, mask_format: str, original_size: tuple[int,
 
     from smvision.models.sam.masks import encode_masks
 
+    from smvision.models.sam.masks import MaskRuns
+
     with stage("masks"):
-        encoded = encode_masks(result.runs, mask_format) if result.records else []
+        if mask_format == "rle" or not result.records:
+            encoded = encode_masks(result.runs, mask_format) if result.records else []
+        else:  # one mask decoded at a time: K full-size masks at once could be gigabytes
+            runs = result.runs
+            encoded = [encode_masks(MaskRuns(runs.size, [rle]), mask_format)[0] for rle in runs.rles]
     size = sum(len(json.dumps(m, separators=(",", ":"))) for m in encoded) + 200 * len(encoded)
     if size > max_bytes:
         raise too_large(
