@@ -15,6 +15,10 @@ import numpy as np
 from smvision.runtimes.onnx import create_session
 
 IMG_SIZE = 1024
+#: prompts per session run: the graph repeats the (256, 64, 64) embedding per prompt, so
+#: memory grows with it (64 MB of activations per tensor at 16) and larger runs are no
+#: faster per point on a CPU
+MAX_RUN_PROMPTS = 16
 
 
 class PointBatchDecoder:
@@ -39,5 +43,13 @@ class PointBatchDecoder:
             "point_coords": coords,
             "point_labels": labels,
         }
-        scores, low_res = self.session.run(["iou_predictions", "low_res_masks"], feed)
-        return scores[:, 1:], low_res[:, 1:]
+        runs = [
+            self.session.run(
+                ["iou_predictions", "low_res_masks"],
+                {**feed, "point_coords": coords[start : start + MAX_RUN_PROMPTS], "point_labels": labels[start : start + MAX_RUN_PROMPTS]},
+            )
+            for start in range(0, count, MAX_RUN_PROMPTS)
+        ]
+        scores = np.concatenate([r[0][:, 1:] for r in runs])
+        low_res = np.concatenate([r[1][:, 1:] for r in runs])
+        return scores, low_res
