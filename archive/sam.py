@@ -1,8 +1,10 @@
 """Build the three SAM archives from an official checkpoint (or random weights, for demos).
 
 - sam-encode: the image encoder's weights, {"encoder": "sam_image_encoder.pth"}
-- sam-decode: the prompt encoder + mask decoder as ONNX, {"decoder": "sam_decoder.onnx"}
-- sam:        both, for the one-call kind (encode with a cache, then decode)
+- sam-decode: the prompt encoder + mask decoder as ONNX, {"decoder": "sam_decoder.onnx"},
+              and the same decoder batched over point prompts for "everything" masks,
+              {"points_decoder": "sam_points_decoder.onnx"}
+- sam:        all three, for the one-call kind (encode with a cache, then decode)
 
 The manifest's config names the model type ({"model_type": "vit_b", ...}); the kinds build
 the architecture from smvision.models.sam.build's table. `vit_tiny_test` is the CI-sized
@@ -22,6 +24,7 @@ log = logging.getLogger("smvision")
 SAM_KINDS = ("sam-encode", "sam-decode", "sam")
 ENCODER_FILE = "sam_image_encoder.pth"
 DECODER_FILE = "sam_decoder.onnx"
+POINTS_DECODER_FILE = "sam_points_decoder.onnx"
 
 
 def build_sam_archive(
@@ -73,6 +76,10 @@ def build_sam_archive(
 
             export_sam_decoder(sam, stage / DECODER_FILE, quantize=quantize)
             artifacts["decoder"] = DECODER_FILE
+            from smvision.archive.sam_onnx_points import export_sam_point_batch_decoder
+
+            export_sam_point_batch_decoder(sam, stage / POINTS_DECODER_FILE, quantize=quantize)
+            artifacts["points_decoder"] = POINTS_DECODER_FILE
         return artifacts
 
     archive_config = {"model_type": model_type}

@@ -34,7 +34,8 @@ def test_cli_builds_a_sam_archive_from_a_checkpoint_with_both_artifacts(tiny_sam
     manifest = json.loads(read_member(output, "manifest.json"))
     assert manifest["kind"] == "sam" and manifest["random_weights"] is False
     assert manifest["config"] == {"model_type": "vit_tiny_test", "decoder_quantized": True}
-    assert manifest["artifacts"] == {"decoder": "sam_decoder.onnx", "encoder": "sam_image_encoder.pth"}
+    assert manifest["artifacts"] == {"decoder": "sam_decoder.onnx", "encoder": "sam_image_encoder.pth",
+                                     "points_decoder": "sam_points_decoder.onnx"}
     assert manifest["source_checkpoint"] == "sam_tiny.pth"
     names = set(archive_members(output))
     assert {"sam_decoder.onnx", "sam_image_encoder.pth", "code/inference.py"} <= names
@@ -52,6 +53,7 @@ def test_each_kind_carries_its_own_payload_and_requirements(tmp_path):
     decode = build_sam_archive(tmp_path / "d.tar.gz", "sam-decode", "vit_tiny_test")
     assert "sam_decoder.onnx" not in archive_members(encode) and "sam_image_encoder.pth" in archive_members(encode)
     assert "sam_image_encoder.pth" not in archive_members(decode) and "sam_decoder.onnx" in archive_members(decode)
+    assert "sam_points_decoder.onnx" in archive_members(decode) and "sam_points_decoder.onnx" not in archive_members(encode)
     assert requirement_lines(encode) == ["segment-anything==1.0", "pybase64==1.5.1"]
     assert "onnxruntime==1.31.1" in requirement_lines(decode) and "pycocotools==2.0.11" in requirement_lines(decode)
     # the same seed gives the same bytes

@@ -16,6 +16,10 @@ to parse (about 20 ms less per call than base64 JSON on this 2-core CPU, under l
 Answer per record: {"masks": [...], "scores": [...], "mask_format", "original_size",
 "low_res_logits": <base64 .npy (K, 256, 256)> when return_logits}; masks are in
 original-image pixels, K = 3 with multimask_output (the default), else 1.
+
+"mode": "everything" (no prompts; crop_n_layers 0: crops need the image) answers every
+mask of the embedding's image instead, as SamAutomaticMaskGenerator does
+(smvision.kinds.sam_everything).
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from smvision.errors import InferenceError, bad_request
+from smvision.errors import InferenceError, bad_request, too_large
 from smvision.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
 from smvision.inflight import check_deadline, stage
 from smvision.kinds import BASE_MEDIA
+from smvision.kinds.sam_everything import EVERYTHING_KEYS, Everything, EverythingRequest, is_everything, load_everything
 from smvision.manifest import Manifest
 from smvision.media import JSON, JSONLINES, NPZ, MediaTable
 from smvision.npy import load_npy, load_npy_base64
@@ -174,8 +179,16 @@ class SamDecodeModel:
 
     media = MEDIA
 
-    def __init__(self, decoder: Any, embeddings: EmbeddingReader, max_pixels: int, threads: int = 8) -> None:
+    def __init__(
+        self,
+        decoder: Any,
+        embeddings: EmbeddingReader,
+        max_pixels: int,
+        threads: int = 8,
+        everything: Everything | None = None,
+    ) -> None:
         self.decoder = decoder
+        self.everything = everything
         self.embeddings = embeddings
         self.max_pixels = max_pixels
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="smvision-embeddings")
@@ -194,10 +207,15 @@ class SamDecodeModel:
                     f"{where}: sam-decode takes an 'image_embedding' (from sam-encode), not an image; "
                     "the sam kind takes images and prompts in one call"
                 )
-            check_known(record.params, ("image_embedding", "original_size", *PROMPT_KEYS), where)
+            everything = is_everything(record.params, where)
+            keys = EVERYTHING_KEYS if everything else ("mode", *PROMPT_KEYS)
+            check_known(record.params, ("image_embedding", "original_size", *keys), where)
             if record.params.get("image_embedding") is None:
                 raise bad_request(f"{where}: 'image_embedding' is missing (base64 .npy, or an S3 reference to one)")
             self.embeddings.reference(record.params["image_embedding"], where)  # its shape, before any read
+            if everything:
+                checked.append((record, *self.everything_request(record)))
+                continue
             size = parse_original_size(record.params.get("original_size"), where, self.max_pixels)
             prompts = self.prompts(record, size)
             if prompts.mask_format == "geojson":
@@ -216,10 +234,35 @@ class SamDecodeModel:
         results = []
         for (record, size, prompts), embedding in zip(checked, embeddings):
             check_deadline(f"before decoding record {record.index}")
+            if isinstance(prompts, EverythingRequest):
+                results.append(self.decode_everything(record, size, prompts, embedding))
+                continue
             with stage("mask_decoder"):
                 result = self.decoder.decode(embedding, size, prompts)
             results.append(answer(result, prompts, size, where=f"record {record.index}"))
         return results
+
+    def everything_request(self, record: Record) -> tuple[tuple[int, int], Any]:
+        """(original_size, checked everything-mode request) of a record; the work is
+        checked against the limits and the time left before any embedding is read."""
+        where = f"record {record.index}"
+        if self.everything is None:
+            raise bad_request(f"{where}: this model was loaded without everything mode")
+        request = self.everything.parse(record.params, where, has_image=False)
+        size = parse_original_size(record.params.get("original_size"), where, 10**15)
+        if size[0] * size[1] > self.max_pixels:
+            raise too_large(
+                f"{where}: 'original_size' {size[0]}x{size[1]} is over the limit of {self.max_pixels:,} pixels "
+                f"({MAX_PIXELS_ENV})"
+            )
+        self.everything.check(request, size, where)
+        return size, request
+
+    def decode_everything(self, record: Record, size: tuple[int, int], request: Any, embedding: np.ndarray) -> dict[str, Any]:
+        """Every mask of the embedding's image (SamAutomaticMaskGenerator, without crops)."""
+        from smvision.models.sam.decoder import input_size
+
+        return self.everything.run(request, size, lambda crop_box: (embedding, input_size(size)))
 
     @staticmethod
     def prompts(record: Record, original_size: tuple[int, int]) -> Any:
@@ -245,4 +288,6 @@ def load_decoder(model_dir: Path, manifest: Manifest) -> Any:
 def load(model_dir: Path, manifest: Manifest) -> SamDecodeModel:
     """Load the decoder; embeddings named by S3 reference are read through boto3."""
     max_pixels = env_int(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS, 1, 10**12)
-    return SamDecodeModel(load_decoder(model_dir, manifest), EmbeddingReader(), max_pixels)
+    return SamDecodeModel(
+        load_decoder(model_dir, manifest), EmbeddingReader(), max_pixels, everything=load_everything(model_dir, manifest)
+    )
