@@ -23,9 +23,8 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "demo"))
 sys.path.insert(0, str(ROOT / "tests"))
-from local_s3 import skimage_photo  # noqa: E402
+from smvision.deploy.local_s3 import skimage_photo
 from test_efficientdet_model import random_state_dict, zylo117_keys  # noqa: E402
 
 from smvision.models.efficientdet import EfficientDetector, efficientdet_config  # noqa: E402

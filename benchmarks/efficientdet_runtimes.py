@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "demo"))
-from local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process  # noqa: E402
+from smvision.deploy.local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process
 
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
 BUCKET = "bench"

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "demo"))
-from local_s3 import skimage_photo  # noqa: E402
+from smvision.deploy.local_s3 import skimage_photo
 
 
 def main() -> None:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "demo"))
-from local_s3 import LocalS3, skimage_photo  # noqa: E402
+from smvision.deploy.local_s3 import LocalS3, skimage_photo
 
 from smvision.archive.build import extract_archive  # noqa: E402
 from smvision.archive.efficientdet import build_efficientdet_archive  # noqa: E402

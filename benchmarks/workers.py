@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,11 +28,9 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "demo"))
-from local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process  # noqa: E402
+from smvision.deploy.local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "code"))
-from smvision.threads import cpu_count  # noqa: E402
+from smvision.threads import cpu_count
 
 BUCKET = "bench"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import requests
 
-from local_s3 import BIN, LocalS3, skimage_photo, stop_process
+from smvision.deploy.local_s3 import BIN, LocalS3, skimage_photo, stop_process
 
 BUCKET = "smvision-demo"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg")

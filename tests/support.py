@@ -11,8 +11,7 @@ from typing import Callable
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "demo"))
-from local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process as stop  # noqa: E402
+from smvision.deploy.local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process as stop
 
 PYTHON = sys.executable
 

@@ -332,7 +332,7 @@ def opt_ml(d0_archive):
 def test_serve_starts_as_the_image_starts_it(opt_ml):
     base = opt_ml
 
-    from local_s3 import free_port, skimage_photo
+    from smvision.deploy.local_s3 import free_port, skimage_photo
 
     port = free_port()
     user = _as_image_user()

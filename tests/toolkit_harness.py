@@ -55,8 +55,7 @@ SETUP_SCRIPT = TOOLKIT_DIR / "setup_toolkit_venv.sh"
 LAUNCHER = TOOLKIT_DIR / "launch_toolkit.py"
 PROJECT_BIN = Path(sys.executable).parent
 
-sys.path.insert(0, str(REPO / "demo"))
-from local_s3 import S3_ENV, LocalS3, free_port, skimage_photo  # noqa: E402
+from smvision.deploy.local_s3 import S3_ENV, LocalS3, free_port, skimage_photo
 
 BUCKET = "smvision-toolkit"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg")
