@@ -186,6 +186,19 @@ def export_sam_decoder(sam: Sam, output: Path, quantize: bool = False, upsample:
     dynamic_axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
     if upsample:
         dynamic_axes["masks"] = {2: "height", 3: "width"}
+    return export_onnx(model, inputs, outputs, dynamic_axes, output, quantize)
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    outputs: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    output: Path,
+    quantize: bool = False,
+) -> Path:
+    """Trace model on inputs (named as the dict) into one .onnx file at output (opset 17,
+    constant folding, the TorchScript exporter); quantize: dynamic int8 weights."""
     with tempfile.TemporaryDirectory() as scratch:
         target = Path(scratch) / "fp32.onnx" if quantize else output
         torch.onnx.export(

@@ -14,15 +14,13 @@ No mask_input (the generator uses none); masks [:, 1:] are the multimask answer.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
 
-OPSET = 17
-EMBEDDING_SHAPE = (1, 256, 64, 64)
+from smvision.archive.sam_onnx import EMBEDDING_SHAPE, export_onnx
 
 
 class PointBatchSamOnnxModel(SamOnnxModel):
@@ -54,31 +52,15 @@ def export_sam_point_batch_decoder(sam: Sam, output: Path, quantize: bool = Fals
     output.parent.mkdir(parents=True, exist_ok=True)
     model = PointBatchSamOnnxModel(sam.cpu().eval())
     generator = torch.Generator().manual_seed(0)
-    inputs = (
-        torch.randn(*EMBEDDING_SHAPE, generator=generator),
-        torch.randint(0, 1024, (3, 2, 2), generator=generator).float(),
-        torch.tensor([[1.0, -1.0]] * 3),
-    )
-    with tempfile.TemporaryDirectory() as scratch:
-        target = Path(scratch) / "fp32.onnx" if quantize else output
-        torch.onnx.export(
-            model,
-            inputs,
-            str(target),
-            input_names=["image_embeddings", "point_coords", "point_labels"],
-            output_names=["iou_predictions", "low_res_masks"],
-            dynamic_axes={
-                "point_coords": {0: "prompts", 1: "num_points"},
-                "point_labels": {0: "prompts", 1: "num_points"},
-                "iou_predictions": {0: "prompts"},
-                "low_res_masks": {0: "prompts"},
-            },
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-        if quantize:
-            from smvision.archive.sam_onnx import _quantize
-
-            _quantize(target, output)
-    return output
+    inputs = {
+        "image_embeddings": torch.randn(*EMBEDDING_SHAPE, generator=generator),
+        "point_coords": torch.randint(0, 1024, (3, 2, 2), generator=generator).float(),
+        "point_labels": torch.tensor([[1.0, -1.0]] * 3),
+    }
+    dynamic_axes = {
+        "point_coords": {0: "prompts", 1: "num_points"},
+        "point_labels": {0: "prompts", 1: "num_points"},
+        "iou_predictions": {0: "prompts"},
+        "low_res_masks": {0: "prompts"},
+    }
+    return export_onnx(model, inputs, ["iou_predictions", "low_res_masks"], dynamic_axes, output, quantize)

@@ -20,14 +20,14 @@ import argparse
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 
-from smvision.deploy.local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process
+from smvision.deploy.local_s3 import BIN, LocalS3, skimage_photo
+from smvision.deploy.local_server import LocalServer
 
 BUCKET = "bench"
 
@@ -47,27 +47,11 @@ def main() -> None:
         model_dir = Path(tmp) / "model"
         model_dir.mkdir()
         subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log_path = Path(tmp) / "serve.log"
-        env = {**os.environ, "SMVISION_BIND_HOST": "127.0.0.1", "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(args.timeout),
-               "SMVISION_MAX_RECORDS": str(args.lines)}
+        env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(args.timeout), "SMVISION_MAX_RECORDS": str(args.lines)}
         if args.server_path:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.server_path, env.get("PYTHONPATH")]))
-        with open(log_path, "wb") as log:
-            server = subprocess.Popen([sys.executable, "-m", "smvision.container.serve", "--model-dir", str(model_dir),
-                                       "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                try:
-                    if requests.get(url + "/ping", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(0.2)
-            else:
-                raise SystemExit("server not ready")
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.server_path, os.environ.get("PYTHONPATH")]))
+        with LocalServer(model_dir, env) as server:
+            url = server.url
             body = "\n".join(f"{BUCKET}/rocket.jpg" for _ in range(args.lines))
             big = requests.post(url + "/invocations", data=body, headers={"Content-Type": "text/csv"}, timeout=args.timeout + 30)
             answered = time.monotonic()
@@ -81,11 +65,9 @@ def main() -> None:
                 print(f"worker still busy {args.give_up:g} s after the 504: gave up")
                 return
             print(f"first one-image request answered 200 {time.monotonic() - answered:.1f} s after the 504")
-            stopped = re.search(r"has stopped, ([0-9.]+) s past its deadline", log_path.read_text(errors="replace"))
+            stopped = re.search(r"has stopped, ([0-9.]+) s past its deadline", server.log())
             if stopped:
                 print(f"server log: the abandoned request stopped {stopped.group(1)} s past its deadline")
-        finally:
-            stop_process(server)
 
 
 if __name__ == "__main__":

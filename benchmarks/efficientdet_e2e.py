@@ -20,7 +20,8 @@ from pathlib import Path
 
 import requests
 
-from smvision.deploy.local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process
+from smvision.deploy.local_s3 import BIN, LocalS3, skimage_photo
+from smvision.deploy.local_server import LocalServer
 from smvision.deploy.stats import percentile  # noqa: E402
 
 BUCKET = "bench"
@@ -97,28 +98,11 @@ def main() -> None:
         subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
 
         handler, model = load_in_process(model_dir)
-        port = free_port()
-        log = open(Path(tmp) / "serve.log", "wb")
-        server = subprocess.Popen([str(BIN / "smvision"), "serve", "--model-dir", str(model_dir), "--port", str(port)],
-                                  stdout=log, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                try:
-                    if requests.get(url + "/ping", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(0.2)
-            else:
-                raise SystemExit("server not ready")
+        with LocalServer(model_dir, ready_timeout_s=180) as server:
+            url = server.url
             local, http_one = interleaved(handler, model, url + "/invocations", payloads, args.requests)
             _, rps_one = over_http(url + "/invocations", payloads, args.requests, 1)
             _, rps_four = over_http(url + "/invocations", payloads, args.requests, 4)
-        finally:
-            stop_process(server)
-            log.close()
 
     p50_local, p50_http = percentile(local, 0.5), percentile(http_one, 0.5)
     print(f"EfficientDet D0, random weights, pred_threshold {args.pred_threshold}, {args.requests} requests, "

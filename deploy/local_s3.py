@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from smvision.deploy.processes import free_port, stop_process
+
 BIN = Path(sys.executable).parent
+__all__ = ["BIN", "S3_ENV", "LocalS3", "free_port", "skimage_photo", "stop_process"]
 S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def skimage_photo(name: str) -> Path:
@@ -28,18 +23,6 @@ def skimage_photo(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("scikit-image is not installed: pip install -r requirements-test.txt")
     return Path(spec.submodule_search_locations[0]) / "data" / name
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 20) -> int:
-    """SIGTERM, then SIGKILL if it lingers; returns the exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-    return process.returncode
 
 
 class LocalS3:

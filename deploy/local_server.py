@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,17 +12,13 @@ from pathlib import Path
 
 import urllib3
 
+from smvision.deploy.processes import free_port, stop_process
+
 SERVE = "import sys; from smvision.cli import main; sys.exit(main())"
 
 
 class ServerError(RuntimeError):
     """The local server did not become ready; the message carries its log's tail."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _error_text(data: bytes) -> str:
@@ -85,20 +79,18 @@ class LocalServer:
             time.sleep(0.2)
         raise ServerError(f"smvision serve not ready after {self.ready_timeout_s:g} s:\n{self.log_tail()}")
 
-    def log_tail(self, lines: int = 20) -> str:
+    def log(self) -> str:
+        """Everything the server has logged so far."""
         self._log.flush()
-        text = Path(self._log.name).read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return Path(self._log.name).read_text(errors="replace")
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def stop(self, timeout_s: float = 30) -> None:
         """SIGTERM (the server finishes in-flight requests), SIGKILL if it lingers."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            stop_process(self.process, timeout_s)
         if not self._log.closed:
             self._log.close()
             Path(self._log.name).unlink(missing_ok=True)
