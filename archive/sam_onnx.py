@@ -18,6 +18,7 @@ import math
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
@@ -46,11 +47,16 @@ class LowResSamOnnxModel(SamOnnxModel):
 
     - attention: token->image scores as (q Wk) . keys and outputs as (attn . values) Wv
       (the key bias drops out of the softmax; attention rows sum to 1), image->token as
-      keys . (Wq k) and attn . (v Wo): no projection of the 4096 image tokens at all
-      (about 2.3x fewer multiply-adds in the transformer);
+      keys . (Wq k) and attn . (v Wo + out bias / heads), added onto the residual in the
+      same matrix product: no projection of the 4096 image tokens at all (about 2.3x
+      fewer multiply-adds in the transformer), keys + positional encoding once per layer;
     - the stride-2 transposed convolutions of output_upscaling as plain matrix products in
       sub-pixel order, with the hypernetwork product done before the one pixel shuffle;
-    - the 4096 image tokens stay (tokens, channels) from start to end.
+    - the 4096 image tokens stay (tokens, channels) from start to end;
+    - the dense prompt embedding is an input, (R, 256) added to every token: R = 1 for the
+      no-mask embedding, R = 4096 for a mask_input through MaskEmbedding; export_sam_decoder
+      joins both behind SAM's usual mask_input / has_mask_input (an ONNX If), so a request
+      without a mask runs none of the mask downscaling.
     """
 
     def __init__(self, model: Sam) -> None:
@@ -65,14 +71,13 @@ class LowResSamOnnxModel(SamOnnxModel):
         image_embeddings: torch.Tensor,
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
+        dense_embedding: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         decoder = self.model.mask_decoder
         transformer = decoder.transformer
         prompt_pe = torch.cat([self.output_tokens, self._embed_points(point_coords, point_labels)[0]])
         channels = image_embeddings.shape[1]
-        keys = self._dense_embedding(image_embeddings.reshape(channels, -1).T, mask_input, has_mask_input)
+        keys = image_embeddings.reshape(channels, -1).T + dense_embedding
         queries = prompt_pe
         for layer in transformer.layers:
             if layer.skip_first_layer_pe:
@@ -81,32 +86,16 @@ class LowResSamOnnxModel(SamOnnxModel):
                 q = (queries + prompt_pe)[None]
                 queries = queries + layer.self_attn(q, q, queries[None])[0]
             queries = layer.norm1(queries)
-            attended = _token_to_image(layer.cross_attn_token_to_image, queries + prompt_pe, keys + self.image_pe, keys)
+            keys_pe = keys + self.image_pe
+            attended = _token_to_image(layer.cross_attn_token_to_image, queries + prompt_pe, keys_pe, keys)
             queries = layer.norm2(queries + attended)
             queries = layer.norm3(queries + layer.mlp(queries))
-            attended = _image_to_token(layer.cross_attn_image_to_token, keys + self.image_pe, queries + prompt_pe, queries)
-            keys = layer.norm4(keys + attended)
+            keys = layer.norm4(_image_to_token(layer.cross_attn_image_to_token, keys_pe, queries + prompt_pe, queries, keys))
         attended = _token_to_image(transformer.final_attn_token_to_image, queries + prompt_pe, keys + self.image_pe, keys)
         queries = transformer.norm_final_attn(queries + attended)
         hyper = torch.stack([mlp(queries[1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)])
         scores = decoder.iou_prediction_head(queries[0])[None]
         return scores, self._upscale(keys, hyper)
-
-    def _dense_embedding(self, image: torch.Tensor, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
-        """image (4096, 256) + the dense prompt embedding: mask_downscaling(mask_input) when
-        has_mask_input is 1, else no_mask_embed; has_mask_input is applied to the 16-channel
-        hidden layer and the bias rather than to the 256-channel output."""
-        conv1, norm1, act1, conv2, norm2, act2, conv3 = self.model.prompt_encoder.mask_downscaling
-        side = self.model.prompt_encoder.image_embedding_size[0]
-        # mask row 4y + 2a + c, column 4x + 2b + d -> (y, x, a, b, c, d)
-        blocks = mask_input.reshape(side, 2, 2, side, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(-1, 4)
-        hidden = blocks @ conv1.weight.reshape(-1, 4).T + conv1.bias
-        hidden = act1(torch.nn.functional.layer_norm(hidden, (hidden.shape[-1],), norm1.weight, norm1.bias, norm1.eps))
-        hidden = hidden.reshape(side * side, -1) @ conv2.weight.permute(2, 3, 1, 0).reshape(-1, conv2.out_channels) + conv2.bias
-        hidden = act2(torch.nn.functional.layer_norm(hidden, (hidden.shape[-1],), norm2.weight, norm2.bias, norm2.eps))
-        no_mask = self.model.prompt_encoder.no_mask_embed.weight[0]
-        bias = has_mask_input * conv3.bias + (1 - has_mask_input) * no_mask
-        return torch.addmm(image + bias, has_mask_input * hidden, conv3.weight.flatten(1).T)
 
     def _upscale(self, tokens: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """output_upscaling then hyper . pixels: (4096, 256) tokens -> (1, 4, 256, 256)."""
@@ -124,69 +113,149 @@ class LowResSamOnnxModel(SamOnnxModel):
         return masks.reshape(1, count, 4 * side, 4 * side)
 
 
+class MaskEmbedding(torch.nn.Module):
+    """SAM's dense prompt for a mask_input (1, 1, 256, 256): prompt_encoder.mask_downscaling
+    as (4096, 256) tokens, the convolutions as matrix products on 2x2 blocks."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+
+    @torch.no_grad()
+    def forward(self, mask_input: torch.Tensor) -> torch.Tensor:
+        conv1, norm1, act1, conv2, norm2, act2, conv3 = self.prompt_encoder.mask_downscaling
+        side = self.prompt_encoder.image_embedding_size[0]
+        # mask row 4y + 2a + c, column 4x + 2b + d -> (y, x, a, b, c, d)
+        blocks = mask_input.reshape(side, 2, 2, side, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(-1, 4)
+        hidden = blocks @ conv1.weight.reshape(-1, 4).T + conv1.bias
+        hidden = act1(torch.nn.functional.layer_norm(hidden, (hidden.shape[-1],), norm1.weight, norm1.bias, norm1.eps))
+        hidden = hidden.reshape(side * side, -1) @ conv2.weight.permute(2, 3, 1, 0).reshape(-1, conv2.out_channels) + conv2.bias
+        hidden = act2(torch.nn.functional.layer_norm(hidden, (hidden.shape[-1],), norm2.weight, norm2.bias, norm2.eps))
+        return hidden @ conv3.weight.flatten(1).T + conv3.bias
+
+
 def _token_to_image(attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Attention(q=queries (T, C), k=keys (4096, C), v=values) without projecting keys or values."""
     heads = attention.num_heads
     head_dim = attention.internal_dim // heads
     channels = keys.shape[-1]
     q = attention.q_proj(queries).reshape(-1, heads, head_dim).transpose(0, 1)  # (H, T, d)
-    q_keys = q @ attention.k_proj.weight.reshape(heads, head_dim, channels)  # (H, T, C)
-    weights = torch.softmax((q_keys / math.sqrt(head_dim)) @ keys.T, dim=-1)  # (H, T, 4096)
+    q_keys = q @ (attention.k_proj.weight.reshape(heads, head_dim, channels) / math.sqrt(head_dim))  # (H, T, C)
+    weights = torch.softmax(q_keys @ keys.T, dim=-1)  # (H, T, 4096)
     mixed = weights @ values  # (H, T, C)
     out = mixed @ attention.v_proj.weight.reshape(heads, head_dim, channels).transpose(1, 2)
     out = out + attention.v_proj.bias.reshape(heads, 1, head_dim)
     return attention.out_proj(out.transpose(0, 1).reshape(-1, heads * head_dim))
 
 
-def _image_to_token(attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Attention(q=queries (4096, C), k=keys (T, C), v=values) without projecting the queries
-    nor running out_proj over 4096 rows."""
+def _image_to_token(attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + Attention(q=queries (4096, C), k=keys (T, C), v=values), without
+    projecting the queries nor running out_proj over 4096 rows: each head's weights sum to
+    1, so out_proj's bias rides on the value rows (/ heads) and the residual is the one
+    matrix product's addend."""
     heads = attention.num_heads
     head_dim = attention.internal_dim // heads
     channels = queries.shape[-1]
     tokens = keys.shape[0]
-    k = attention.k_proj(keys).reshape(tokens, heads, head_dim).transpose(0, 1)  # (H, T, d)
+    k = attention.k_proj(keys).reshape(tokens, heads, head_dim).transpose(0, 1) / math.sqrt(head_dim)  # (H, T, d)
     v = attention.v_proj(values).reshape(tokens, heads, head_dim).transpose(0, 1)
     w_q = attention.q_proj.weight.reshape(heads, head_dim, channels)
     q_keys = (k @ w_q).reshape(heads * tokens, channels)  # (H*T, C)
     bias = (k @ attention.q_proj.bias.reshape(heads, head_dim, 1)).reshape(heads * tokens)
-    scores = (queries @ q_keys.T + bias) / math.sqrt(head_dim)  # (4096, H*T)
+    scores = torch.addmm(bias, queries, q_keys.T)  # (4096, H*T)
     weights = torch.softmax(scores.reshape(-1, heads, tokens), dim=-1).reshape(-1, heads * tokens)
     w_out = attention.out_proj.weight.reshape(channels, heads, head_dim).permute(1, 2, 0)  # (H, d, C)
-    v_out = (v @ w_out).reshape(heads * tokens, channels)  # (H*T, C)
-    return weights @ v_out + attention.out_proj.bias
+    v_out = (v @ w_out).reshape(heads * tokens, channels) + attention.out_proj.bias / heads  # (H*T, C)
+    return torch.addmm(residual, weights, v_out)
 
 
 def example_inputs(sam: Sam, upsample: bool) -> dict[str, torch.Tensor]:
-    """Inputs of the right shapes to trace with (3 points; a non-square image)."""
+    """Inputs of the right shapes to trace with (3 points; a non-square image): the
+    upstream graph's, or LowResSamOnnxModel's (a dense embedding in place of the mask)."""
     generator = torch.Generator().manual_seed(0)
-    mask_size = [4 * s for s in sam.prompt_encoder.image_embedding_size]
     inputs = {
         "image_embeddings": torch.randn(*EMBEDDING_SHAPE, generator=generator),
-        "point_coords": torch.randint(0, 1024, (1, 3, 2), generator=generator).float(),
+        "point_coords": torch.randint(0, 1024, (3, 2), generator=generator).float()[None],
         "point_labels": torch.tensor([[1.0, 0.0, -1.0]]),
-        "mask_input": torch.randn(1, 1, *mask_size, generator=generator),
-        "has_mask_input": torch.tensor([1.0]),
     }
-    if upsample:
-        inputs["orig_im_size"] = torch.tensor([1500.0, 2250.0])
-    return inputs
+    if not upsample:
+        return {**inputs, "dense_embedding": torch.randn(1, EMBEDDING_SHAPE[1], generator=generator)}
+    return {**inputs, "mask_input": mask_example(sam), "has_mask_input": torch.tensor([1.0]),
+            "orig_im_size": torch.tensor([1500.0, 2250.0])}
+
+
+def mask_example(sam: Sam) -> torch.Tensor:
+    """A random mask_input (1, 1, 256, 256) to trace with."""
+    size = [4 * s for s in sam.prompt_encoder.image_embedding_size]
+    return torch.randn(1, 1, *size, generator=torch.Generator().manual_seed(1))
 
 
 def export_sam_decoder(sam: Sam, output: Path, quantize: bool = False, upsample: bool = False) -> Path:
     """Write SAM's prompt encoder + mask decoder to output (one .onnx file, opset 17,
-    any point count); quantize: dynamic int8 weights (onnxruntime.quantization).
-    upsample: also output `masks` at orig_im_size, as the upstream export does."""
+    any point count; inputs image_embeddings, point_coords, point_labels, mask_input,
+    has_mask_input as segment_anything's export); quantize: dynamic int8 weights
+    (onnxruntime.quantization). upsample: the upstream graph, which also takes
+    orig_im_size and outputs `masks`, logits at the original size."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     sam = sam.cpu().eval()
-    model = FixedSamOnnxModel(sam, return_single_mask=False) if upsample else LowResSamOnnxModel(sam)
     inputs = example_inputs(sam, upsample)
-    outputs = ["masks", "iou_predictions", "low_res_masks"] if upsample else ["iou_predictions", "low_res_masks"]
     dynamic_axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
     if upsample:
+        outputs = ["masks", "iou_predictions", "low_res_masks"]
         dynamic_axes["masks"] = {2: "height", 3: "width"}
-    return export_onnx(model, inputs, outputs, dynamic_axes, output, quantize)
+        return export_onnx(FixedSamOnnxModel(sam, return_single_mask=False), inputs, outputs, dynamic_axes, output, quantize)
+    import onnx
+
+    dynamic_axes["dense_embedding"] = {0: "dense_rows"}
+    with tempfile.TemporaryDirectory() as scratch:
+        decoder = export_onnx(LowResSamOnnxModel(sam), inputs, ["iou_predictions", "low_res_masks"], dynamic_axes,
+                              Path(scratch) / "decoder.onnx")
+        mask = export_onnx(MaskEmbedding(sam), {"mask_input": mask_example(sam)}, ["dense_embedding"], {},
+                           Path(scratch) / "mask.onnx")
+        no_mask = sam.prompt_encoder.no_mask_embed.weight.detach().numpy()
+        joined = join_mask_branch(onnx.load(str(decoder)), onnx.load(str(mask)), no_mask)
+        target = Path(scratch) / "joined.onnx" if quantize else output
+        onnx.save(joined, str(target))
+        if quantize:
+            _quantize(target, output)
+    return output
+
+
+def join_mask_branch(decoder, mask, no_mask):
+    """The decoder graph with its dense_embedding input replaced by SAM's mask_input
+    (1, 1, 256, 256) and has_mask_input (1,): If has_mask_input > 0.5, the mask graph's
+    (4096, 256) tokens, else the no-mask embedding (1, 256) (onnx.ModelProto in and out)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    branch = mask.graph
+    renamed = {value.name: f"mask/{value.name}" for value in branch.initializer}
+    renamed.update({name: f"mask/{name}" for node in branch.node for name in node.output})
+    for node in branch.node:
+        node.name = f"mask/{node.name}"
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.output[:] = [renamed[name] for name in node.output]
+    for value in branch.initializer:
+        value.name = renamed[value.name]
+    (mask_input,), (mask_output,) = branch.input, branch.output
+    dense_type = helper.make_tensor_value_info("dense", TensorProto.FLOAT, None)
+    then_branch = helper.make_graph(
+        list(branch.node) + [helper.make_node("Identity", [renamed[mask_output.name]], ["dense"])],
+        "mask_embedding", [], [dense_type], list(branch.initializer))
+    else_branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["dense"], value=numpy_helper.from_array(no_mask.astype("float32"), "no_mask"))],
+        "no_mask_embedding", [], [dense_type])
+    graph = decoder.graph
+    dense = next(value for value in graph.input if value.name == "dense_embedding")
+    graph.input.remove(dense)
+    graph.input.extend([mask_input, helper.make_tensor_value_info("has_mask_input", TensorProto.FLOAT, [1])])
+    graph.initializer.append(numpy_helper.from_array(np.array([0.5], dtype=np.float32), "mask/half"))
+    graph.node.insert(0, helper.make_node("Greater", ["has_mask_input", "mask/half"], ["mask/has_mask"]))
+    graph.node.insert(1, helper.make_node("If", ["mask/has_mask"], ["dense_embedding"], name="mask/if",
+                                          then_branch=then_branch, else_branch=else_branch))
+    onnx.checker.check_model(decoder)
+    return decoder
 
 
 def export_onnx(

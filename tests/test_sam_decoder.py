@@ -124,6 +124,19 @@ def test_mask_input_refines_like_sam_predictor(decoder, predictors, photo):
     assert iou(result.masks[0], without.masks[0]) < 0.999, "mask_input was ignored"
 
 
+def test_without_a_mask_the_graph_never_reads_mask_input(decoder, predictors):
+    """has_mask_input 0 runs none of the mask downscaling: whatever mask_input holds (NaN
+    here) cannot reach the answer, which stays SamPredictor's."""
+    predictor, embedding, size = predictors["coffee"]
+    prompts = parse_prompts(prompt_cases(*size)["point"], size, "point")
+    feed = decoder.feed(embedding, size, prompts)
+    feed["mask_input"] = np.full_like(feed["mask_input"], np.nan)
+    scores, low_res = decoder.session.run(decoder.output_names, feed)
+    _, expected, expected_low_res = predictor.predict(prompts.points, prompts.labels, None, None, True)
+    np.testing.assert_allclose(scores[0, 1:], expected, atol=1e-4)
+    np.testing.assert_allclose(low_res[0, 1:], expected_low_res, atol=1e-3)
+
+
 def test_export_with_upsampling_is_right_at_every_aspect_ratio(sam, predictors, tmp_path):
     """The upstream graph (masks at orig_im_size), traced at 1500x2250, at other sizes."""
     session = create_session(export_sam_decoder(sam, tmp_path / "up.onnx", upsample=True), threads=1)
