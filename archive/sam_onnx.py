@@ -139,10 +139,12 @@ def _token_to_image(attention, queries: torch.Tensor, keys: torch.Tensor, values
     heads = attention.num_heads
     head_dim = attention.internal_dim // heads
     channels = keys.shape[-1]
+    tokens = queries.shape[0]
     q = attention.q_proj(queries).reshape(-1, heads, head_dim).transpose(0, 1)  # (H, T, d)
     q_keys = q @ (attention.k_proj.weight.reshape(heads, head_dim, channels) / math.sqrt(head_dim))  # (H, T, C)
-    weights = torch.softmax(q_keys @ keys.T, dim=-1)  # (H, T, 4096)
-    mixed = weights @ values  # (H, T, C)
+    # every head in one (H*T, C) x (C, 4096) product: the image side is packed once
+    weights = torch.softmax(q_keys.reshape(heads * tokens, channels) @ keys.T, dim=-1)  # (H*T, 4096)
+    mixed = (weights @ values).reshape(heads, tokens, channels)  # (H, T, C)
     out = mixed @ attention.v_proj.weight.reshape(heads, head_dim, channels).transpose(1, 2)
     out = out + attention.v_proj.bias.reshape(heads, 1, head_dim)
     return attention.out_proj(out.transpose(0, 1).reshape(-1, heads * head_dim))

@@ -12,6 +12,8 @@
   last byte of the answer.
 - ours over HTTP, .npz: the same request as one application/x-npz body (numpy.savez of
   the float32 embedding and the prompts): no base64, no JSON to parse.
+- ours over HTTP, .npz fp16: the same with the embedding as float16 (sam-encode's
+  embedding_dtype float16): half the bytes to send; its masks are compared too.
 
 The decoder is the same 4.06M parameters for every model type: vit_b's, random weights
 from a fixed seed (the archive is built with the same seed, so all paths share weights).
@@ -27,6 +29,8 @@ Per-stage medians follow: Server-Timing for HTTP (receive, input = JSON parse, f
 base64 + .npy, graph = onnxruntime, runs = mask runs, masks = RLE strings, output = JSON
 answer), the same stages timed in-process. --spinning both adds an in-process decoder
 whose onnxruntime threads spin-wait (the session default) beside ours (they sleep).
+Last, where the served graph's time goes by kind of op (onnxruntime's profiler), and how
+much of 4x the recipe's time its matrix products and the receiving alone already take.
 
     python benchmarks/sam_decode.py [--rounds 40] [--no-http] [--threads 2] [--spinning both]
 """
@@ -56,10 +60,11 @@ POINT = [1125.0, 750.0]
 SEED = 0
 
 
-def percentiles(seconds: list[float]) -> tuple[float, float]:
-    """(p50, p95) in milliseconds (statistics.quantiles, inclusive)."""
-    cuts = statistics.quantiles(seconds, n=20, method="inclusive")
-    return statistics.median(seconds) * 1000, cuts[18] * 1000
+def p50_p95(seconds: list[float]) -> tuple[float, float]:
+    """(p50, p95) in milliseconds (the project's one percentile, smvision.deploy.stats)."""
+    from smvision.deploy.stats import percentile
+
+    return percentile(seconds, 0.5) * 1000, percentile(seconds, 0.95) * 1000
 
 
 def photo_embedding() -> np.ndarray:
@@ -178,6 +183,46 @@ class RecipeProcess:
         self.process.join(10)
 
 
+OP_KINDS = {
+    "matrix products": {"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"},
+    "norms, GELU, softmax": {"LayerNormalization", "SkipLayerNormalization", "Gelu", "Erf", "Softmax", "Relu"},
+    "adds and scalings": {"Add", "Mul", "Div", "Sub", "Sqrt", "Pow", "Neg"},
+    "layout (transpose, reshape)": {"Transpose", "Reshape", "Concat", "Gather", "Slice", "Expand", "Unsqueeze", "Squeeze", "Tile"},
+}
+
+
+def graph_breakdown(onnx_path: Path, feed: dict[str, np.ndarray], threads: int, runs: int = 20) -> dict[str, float]:
+    """Median ms per run of the served graph's kernels, summed by kind of op (onnxruntime's
+    profiler, the server's session options): where the graph's time goes."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(onnx_path.parent / "profile")
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, feed)
+    for _ in range(runs):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    per_run: dict[int, dict[str, float]] = {}
+    run_index = 0  # a run's kernels come before its model_run event
+    for event in events:
+        if event.get("cat") == "Session" and event["name"] == "model_run":
+            run_index += 1
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        op = event["args"]["op_name"]
+        kind = next((name for name, ops in OP_KINDS.items() if op in ops), "other")
+        row = per_run.setdefault(run_index, {})
+        row[kind] = row.get(kind, 0.0) + event["dur"] / 1000
+    rows = [row for index, row in per_run.items() if index >= 3]
+    kinds = list(OP_KINDS) + ["other"]
+    return {kind: statistics.median(row.get(kind, 0.0) for row in rows) for kind in kinds}
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
@@ -223,6 +268,7 @@ def main() -> int:
 
     from pycocotools import mask as mask_utils
 
+    from smvision.archive.sam import DECODER_FILE
     from smvision.inflight import request_scope, stage
     from smvision.models.sam.decoder import SamDecoder
     from smvision.models.sam.masks import encode_masks
@@ -236,7 +282,7 @@ def main() -> int:
     recipe = RecipeProcess(upstream_path, args.threads, upstream_feed(embedding)) if args.recipe_process == "own" else None
     session = upstream_session(upstream_path, args.threads) if recipe is None else None
     feed = upstream_feed(embedding)
-    onnx_path = next(model_dir.glob("**/*.onnx"))
+    onnx_path = model_dir / DECODER_FILE
     decoder = SamDecoder(onnx_path, threads=args.threads)
     spinning_decoder = SamDecoder(onnx_path, threads=args.threads, spinning=True) if args.spinning == "both" else None
     params = {"points": [POINT], "labels": [1], "mask_format": "rle"}
@@ -284,7 +330,11 @@ def main() -> int:
         npz = io.BytesIO()
         np.savez(npz, image_embedding=embedding, original_size=np.array([HEIGHT, WIDTH]),
                  **{k: np.array(v) for k, v in params.items()})
-        bodies = {"ours over HTTP": (body, "application/json"), "ours over HTTP, .npz": (npz.getvalue(), "application/x-npz")}
+        half = io.BytesIO()  # what a client gets from sam-encode with embedding_dtype float16
+        np.savez(half, image_embedding=embedding.astype(np.float16), original_size=np.array([HEIGHT, WIDTH]),
+                 **{k: np.array(v) for k, v in params.items()})
+        bodies = {"ours over HTTP": (body, "application/json"), "ours over HTTP, .npz": (npz.getvalue(), "application/x-npz"),
+                  "ours over HTTP, .npz fp16": (half.getvalue(), "application/x-npz")}
 
         def poster(name: str) -> Callable[[], bytes]:
             data, content_type = bodies[name]
@@ -322,6 +372,7 @@ def main() -> int:
                 wall, used = paths[name]()
                 times[name].append(wall)
                 cpu[name].append(used)
+        breakdown = graph_breakdown(onnx_path, decoder.feed(embedding, (HEIGHT, WIDTH), prompts), args.threads)
     finally:
         if server is not None:
             server.stop()
@@ -330,10 +381,10 @@ def main() -> int:
         scratch.cleanup()
 
     print(f"\n{args.rounds} rounds, {HEIGHT}x{WIDTH}, one point, {args.masks} masks, {args.threads} threads, os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
-    base_p50, base_p95 = percentiles(times[names[0]])
+    base_p50, base_p95 = p50_p95(times[names[0]])
     base_cpu = statistics.fmean(cpu[names[0]]) * 1000
     for name in names:
-        p50, p95 = percentiles(times[name])
+        p50, p95 = p50_p95(times[name])
         mean_cpu = statistics.fmean(cpu[name]) * 1000
         ratio = "" if name == names[0] else f"   {base_p50 / p50:.2f}x faster at p50, {base_p95 / p95:.2f}x at p95, {base_cpu / mean_cpu:.2f}x less CPU"
         print(f"{name:28s} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   CPU {mean_cpu:6.1f} ms/call{ratio}")
@@ -343,6 +394,14 @@ def main() -> int:
         keys = list(dict.fromkeys(k for row in rows for k in row))
         medians = {k: statistics.median(row.get(k, 0.0) for row in rows) for k in keys}
         print(f"  {name:28s} " + "  ".join(f"{k} {v:.1f}" for k, v in medians.items()))
+    print("\nthe served graph's kernels, median ms per run (onnxruntime's profiler, same session options):")
+    print("  " + "  ".join(f"{kind} {ms:.1f}" for kind, ms in breakdown.items()) + f"  (sum {sum(breakdown.values()):.1f})")
+    if "ours over HTTP, .npz" in stages:
+        target = base_p50 / 4
+        receive = statistics.median(row["receive"] for row in stages["ours over HTTP, .npz"])
+        floor = breakdown["matrix products"] + receive
+        print(f"4x the recipe is {target:.1f} ms end to end; the graph's matrix products alone ({breakdown['matrix products']:.1f} ms) "
+              f"and receiving the 4 MB embedding ({receive:.1f} ms) take {floor:.1f} ms of it")
     return 0
 
 
