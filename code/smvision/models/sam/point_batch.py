@@ -15,10 +15,10 @@ import numpy as np
 from smvision.runtimes.onnx import create_session
 
 IMG_SIZE = 1024
-#: prompts per session run: the graph repeats the (256, 64, 64) embedding per prompt, so
-#: memory grows with it (64 MB of activations per tensor at 16) and larger runs are no
-#: faster per point on a CPU
-MAX_RUN_PROMPTS = 16
+#: prompts per session run: after its first layer the graph holds 4096 image tokens per
+#: prompt (4 MB per tensor each), and larger runs are no faster per point on a CPU
+#: (benchmarks/sam_everything.py)
+MAX_RUN_PROMPTS = 4
 
 
 class PointBatchDecoder:
