@@ -10,6 +10,7 @@ requests/s with 1 and 4 concurrent clients.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import requests
 
 from smvision.deploy.local_s3 import BIN, LocalS3, skimage_photo
 from smvision.deploy.local_server import LocalServer
-from smvision.deploy.stats import percentile  # noqa: E402
+from smvision.deploy.stats import percentile
 
 BUCKET = "bench"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
@@ -33,10 +34,15 @@ def bodies(pred_threshold: float) -> list[bytes]:
 
 
 def load_in_process(model_dir: Path):
-    """The archive's own entry script, imported into this process (no HTTP)."""
-    sys.path.insert(0, str(model_dir / "code"))
-    import inference
+    """The archive's own entry script, imported into this process (no HTTP).
 
+    Loaded from its file: the toolkit puts <model dir>/code on PYTHONPATH, but here that
+    would only matter for `smvision`, which this process has already imported from the
+    installed package (the code the archive copied), exactly as before."""
+    spec = importlib.util.spec_from_file_location("inference", model_dir / "code" / "inference.py")
+    inference = importlib.util.module_from_spec(spec)
+    sys.modules["inference"] = inference  # as an import would (its dataclasses look it up)
+    spec.loader.exec_module(inference)
     return inference, inference.model_fn(str(model_dir))
 
 
