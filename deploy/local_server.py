@@ -12,6 +12,8 @@ from pathlib import Path
 
 import urllib3
 
+from smvision.container.logs import MODEL_LOADED
+from smvision.container.settings import ENV_LOG_LEVEL
 from smvision.deploy.processes import free_port, stop_process
 
 SERVE = "import sys; from smvision.cli import main; sys.exit(main())"
@@ -31,13 +33,21 @@ def _error_text(data: bytes) -> str:
 class LocalServer:
     """Start `smvision serve --model-dir DIR` with extra environment; stop it on exit.
 
-    Use as a context manager; .url is http://127.0.0.1:PORT once /ping answers 200.
+    Use as a context manager; .url is http://127.0.0.1:PORT once /ping answers 200 and,
+    with `workers` (`serve --workers N`), once every worker has loaded its model (until
+    then the workers that are ready take every request).
     """
 
-    def __init__(self, model_dir: str | Path, env: dict[str, str] | None = None, ready_timeout_s: float = 300) -> None:
+    def __init__(self, model_dir: str | Path, env: dict[str, str] | None = None, ready_timeout_s: float = 300,
+                 workers: int | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.env = dict(env or {})
         self.ready_timeout_s = ready_timeout_s
+        self.workers = workers
+        level = (self.env.get(ENV_LOG_LEVEL) or os.environ.get(ENV_LOG_LEVEL) or "info").strip().lower()
+        if workers and level not in ("debug", "info"):
+            raise ValueError(f"LocalServer(workers=...) counts the workers' '{MODEL_LOADED}' log lines: "
+                             f"{ENV_LOG_LEVEL}={level} hides them")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -48,7 +58,8 @@ class LocalServer:
             raise ServerError(f"--model-dir {self.model_dir} is not a directory (extract model.tar.gz there)")
         env = {**os.environ, "SMVISION_BIND_HOST": "127.0.0.1", **self.env}
         self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVE, "serve", "--model-dir", str(self.model_dir), "--port", str(self.port)],
+            [sys.executable, "-c", SERVE, "serve", "--model-dir", str(self.model_dir), "--port", str(self.port),
+             *(["--workers", str(self.workers)] if self.workers else [])],
             env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         try:
@@ -72,12 +83,16 @@ class LocalServer:
                 answer = http.request("GET", self.url + "/ping")
             except urllib3.exceptions.HTTPError:
                 answer = None
-            if answer is not None and answer.status == 200:
+            if answer is not None and answer.status == 200 and self.loaded_workers() >= (self.workers or 0):
                 return
             if answer is not None and b"failed to load" in answer.data:  # for good: no point waiting
                 raise ServerError(f"{self.model_dir}: {_error_text(answer.data)}\n{self.log_tail()}")
             time.sleep(0.2)
         raise ServerError(f"smvision serve not ready after {self.ready_timeout_s:g} s:\n{self.log_tail()}")
+
+    def loaded_workers(self) -> int:
+        """How many times a worker has logged that its model loaded (restarts count too)."""
+        return self.log().count(MODEL_LOADED)
 
     def log(self) -> str:
         """Everything the server has logged so far."""
