@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,12 +20,10 @@ from pathlib import Path
 
 import requests
 
-from smvision.deploy.local_s3 import BIN, LocalS3, skimage_photo
+from common import BUCKET, PHOTOS, d0_model_dir, put_photos
+from smvision.deploy.local_s3 import LocalS3
 from smvision.deploy.local_server import LocalServer
 from smvision.deploy.stats import percentile
-
-BUCKET = "bench"
-PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
 
 
 def bodies(pred_threshold: float) -> list[bytes]:
@@ -95,13 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     payloads = bodies(args.pred_threshold)
     with tempfile.TemporaryDirectory() as tmp, LocalS3() as s3:
-        s3.put(BUCKET, {n: skimage_photo(n).read_bytes() for n in PHOTOS})
-        archive = Path(tmp) / "model.tar.gz"
-        subprocess.run([str(BIN / "smvision"), "archive", "build", "efficientdet", "--compound-coef", "0",
-                        "--output", str(archive)], check=True, capture_output=True)
-        model_dir = Path(tmp) / "model"
-        model_dir.mkdir()
-        subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
+        put_photos(s3)
+        model_dir = d0_model_dir(Path(tmp))
 
         handler, model = load_in_process(model_dir)
         with LocalServer(model_dir, ready_timeout_s=180) as server:

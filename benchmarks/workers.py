@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import statistics
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,12 +27,10 @@ from pathlib import Path
 
 import requests
 
-from smvision.deploy.local_s3 import BIN, LocalS3, skimage_photo
+from common import BUCKET, PHOTOS, d0_model_dir, put_photos
+from smvision.deploy.local_s3 import LocalS3
 from smvision.deploy.local_server import LocalServer
 from smvision.threads import cpu_count
-
-BUCKET = "bench"
-PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
 
 
 def round_rps(url: str, payloads: list[bytes], count: int, clients: int) -> float:
@@ -64,13 +61,8 @@ def main() -> None:
         (f"{k} workers, all threads", k, {"SMVISION_THREADS": str(cores)}),
     ]
     with tempfile.TemporaryDirectory() as tmp, LocalS3() as s3:
-        s3.put(BUCKET, {n: skimage_photo(n).read_bytes() for n in PHOTOS})
-        archive = Path(tmp) / "model.tar.gz"
-        subprocess.run([str(BIN / "smvision"), "archive", "build", "efficientdet", "--compound-coef", "0",
-                        "--output", str(archive)], check=True, capture_output=True)
-        model_dir = Path(tmp) / "model"
-        model_dir.mkdir()
-        subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
+        put_photos(s3)
+        model_dir = d0_model_dir(Path(tmp))
         with contextlib.ExitStack() as running:  # each ready once all its workers have loaded
             servers = [running.enter_context(LocalServer(model_dir, env, ready_timeout_s=600, workers=workers))
                        for _, workers, env in configs]
