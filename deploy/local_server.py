@@ -35,11 +35,12 @@ class LocalServer:
 
     Use as a context manager; .url is http://127.0.0.1:PORT once /ping answers 200 and,
     with `workers` (`serve --workers N`), once every worker has loaded its model (until
-    then the workers that are ready take every request).
+    then the workers that are ready take every request). The log goes to `log_path`
+    (kept), or to a temporary file removed by stop().
     """
 
     def __init__(self, model_dir: str | Path, env: dict[str, str] | None = None, ready_timeout_s: float = 300,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, log_path: str | Path | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.env = dict(env or {})
         self.ready_timeout_s = ready_timeout_s
@@ -51,7 +52,9 @@ class LocalServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="smvision-serve-", suffix=".log", delete=False)
+        self._keep_log = log_path is not None
+        self._log = (open(log_path, "wb") if log_path is not None
+                     else tempfile.NamedTemporaryFile(prefix="smvision-serve-", suffix=".log", delete=False))
 
     def __enter__(self) -> "LocalServer":
         if not self.model_dir.is_dir():
@@ -96,16 +99,19 @@ class LocalServer:
 
     def log(self) -> str:
         """Everything the server has logged so far."""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return Path(self._log.name).read_text(errors="replace")
 
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
 
-    def stop(self, timeout_s: float = 30) -> None:
-        """SIGTERM (the server finishes in-flight requests), SIGKILL if it lingers."""
-        if self.process is not None:
-            stop_process(self.process, timeout_s)
+    def stop(self, timeout_s: float = 30) -> int | None:
+        """SIGTERM (the server finishes in-flight requests), SIGKILL if it lingers; returns
+        its exit code (None if it never started)."""
+        code = stop_process(self.process, timeout_s) if self.process is not None else None
         if not self._log.closed:
             self._log.close()
-            Path(self._log.name).unlink(missing_ok=True)
+            if not self._keep_log:
+                Path(self._log.name).unlink(missing_ok=True)
+        return code

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import requests
 
 from smvision.deploy.local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process as stop
+from smvision.deploy.local_server import LocalServer
 
 if TYPE_CHECKING:
     from smvision.deploy.toolkit_harness import Call, Reply
@@ -37,33 +38,13 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, process: subp
     raise TimeoutError(f"{what}: not ready after {timeout} s")
 
 
-class Server:
-    """`smvision serve` as a real process on 127.0.0.1."""
-
-    def __init__(self, model_dir: Path, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [str(BIN / "smvision"), "serve", "--model-dir", str(model_dir), "--port", str(self.port)],
-            env={**os.environ, **(env or {})},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+class Server(LocalServer):
+    """`smvision serve` on 127.0.0.1 (the product's LocalServer), started by wait_ready();
+    stop() returns its exit code."""
 
     def wait_ready(self, timeout: float = 120) -> "Server":
-        wait_for(lambda: requests.get(self.url + "/ping", timeout=2).status_code == 200, timeout, "serve /ping", self.process)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
-
-    def stop(self) -> int:
-        code = stop(self.process)
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
-        return code
+        self.ready_timeout_s = timeout
+        return self.__enter__()
 
 
 # ---------------------------------------------------------------------------------------
