@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from collections.abc import Mapping
 from pathlib import Path
 
 from smvision.archive.build import build_archive
@@ -35,6 +37,33 @@ def read_classes(path: str | Path | None) -> list[str]:
     if not names:
         raise ValueError(f"{path} names no classes")
     return names
+
+
+def random_state_dict(shapes: Mapping[str, tuple[int, ...]], seed: int = 1) -> dict:
+    """Random weights (key -> tensor of that shape) whose statistics spread like a trained
+    network's: convs scaled by fan-in, BatchNorm statistics away from identity, some
+    negative BiFPN fusion weights. For tests and benchmarks that compare numerics (torch vs
+    ONNX, fp32 vs bf16): default initialisation's identity BatchNorm would hide differences.
+    Values depend on the order of `shapes` (one generator, drawn key by key)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.tensor(7)
+        elif key.endswith("running_var"):
+            out[key] = 0.5 + torch.rand(shape, generator=g)
+        elif key.endswith("running_mean") or (key.endswith(".bias") and len(shape) == 1):
+            out[key] = 0.1 * torch.randn(shape, generator=g)
+        elif len(shape) == 1 and "_w" in key.rsplit(".", 1)[-1]:
+            out[key] = torch.rand(shape, generator=g) * 1.2 - 0.2  # some negative: ReLU matters
+        elif len(shape) == 1:
+            out[key] = 0.5 + torch.rand(shape, generator=g)  # BN weight
+        else:
+            fan_in = shape[1] * shape[2] * shape[3]
+            out[key] = torch.randn(shape, generator=g) / math.sqrt(fan_in)
+    return out
 
 
 def build_efficientdet_archive(

@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 
-from smvision.deploy.local_s3 import BIN, LocalS3, skimage_photo
+from common import BUCKET, d0_model_dir, put_photos
+from smvision.deploy.local_s3 import LocalS3
 from smvision.deploy.local_server import LocalServer
-
-BUCKET = "bench"
 
 
 def main() -> None:
@@ -40,13 +38,8 @@ def main() -> None:
     parser.add_argument("--server-path", help="a directory put first on the server's PYTHONPATH")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, LocalS3() as s3:
-        s3.put(BUCKET, {n: skimage_photo(n).read_bytes() for n in ("rocket.jpg", "coffee.png")})
-        archive = Path(tmp) / "model.tar.gz"
-        subprocess.run([str(BIN / "smvision"), "archive", "build", "efficientdet", "--compound-coef", "0",
-                        "--output", str(archive)], check=True, capture_output=True)
-        model_dir = Path(tmp) / "model"
-        model_dir.mkdir()
-        subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
+        put_photos(s3, ("rocket.jpg", "coffee.png"))
+        model_dir = d0_model_dir(Path(tmp))
         env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(args.timeout), "SMVISION_MAX_RECORDS": str(args.lines)}
         if args.server_path:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.server_path, os.environ.get("PYTHONPATH")]))

@@ -4,8 +4,8 @@ For D0 on four real photos: how far bf16 moves the class scores and the box regr
 (in input pixels) from fp32, how many of fp32's detections survive unchanged at a few
 thresholds, and the forward time of each (alternating, batch 1). Weights: zylo117's
 layout with random values whose statistics spread like a trained network's (BatchNorm
-statistics away from identity; see tests/test_efficientdet_model.random_state_dict),
-since no trained checkpoint can be downloaded here.
+statistics away from identity; smvision.archive.efficientdet.random_state_dict, as the
+tests use), since no trained checkpoint can be downloaded here.
 
     python benchmarks/efficientdet_bf16.py [--rounds 5]
 """
@@ -14,22 +14,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from smvision.archive.efficientdet import random_state_dict
 from smvision.deploy.local_s3 import skimage_photo
-from test_efficientdet_model import random_state_dict, zylo117_keys  # noqa: E402
-
-from smvision.models.efficientdet import EfficientDetector, efficientdet_config  # noqa: E402
-from smvision.models.efficientdet.postprocess import postprocess  # noqa: E402
-from smvision.models.efficientdet.preprocess import preprocess  # noqa: E402
+from smvision.models.efficientdet import EfficientDet, EfficientDetector, efficientdet_config
+from smvision.models.efficientdet.postprocess import postprocess
+from smvision.models.efficientdet.preprocess import preprocess
 
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
 
@@ -40,7 +35,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     config = efficientdet_config(0)
-    detector = EfficientDetector(config, random_state_dict(zylo117_keys(0)))
+    with torch.device("meta"):  # only the zylo117 key layout (keys, shapes, order), no weights
+        shapes = {key: tuple(value.shape) for key, value in EfficientDet(config).state_dict().items()}
+    detector = EfficientDetector(config, random_state_dict(shapes))
     fp32 = detector.model
     bf16 = torch.nn.Module.to(__import__("copy").deepcopy(fp32), dtype=torch.bfloat16)
     images = [np.asarray(Image.open(skimage_photo(n)).convert("RGB")) for n in PHOTOS]

@@ -10,8 +10,8 @@ requests/s with 1 and 4 concurrent clients.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,12 +20,10 @@ from pathlib import Path
 
 import requests
 
-from smvision.deploy.local_s3 import BIN, LocalS3, skimage_photo
+from common import BUCKET, PHOTOS, d0_model_dir, put_photos
+from smvision.deploy.local_s3 import LocalS3
 from smvision.deploy.local_server import LocalServer
-from smvision.deploy.stats import percentile  # noqa: E402
-
-BUCKET = "bench"
-PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
+from smvision.deploy.stats import percentile
 
 
 def bodies(pred_threshold: float) -> list[bytes]:
@@ -33,10 +31,15 @@ def bodies(pred_threshold: float) -> list[bytes]:
 
 
 def load_in_process(model_dir: Path):
-    """The archive's own entry script, imported into this process (no HTTP)."""
-    sys.path.insert(0, str(model_dir / "code"))
-    import inference
+    """The archive's own entry script, imported into this process (no HTTP).
 
+    Loaded from its file: the toolkit puts <model dir>/code on PYTHONPATH, but here that
+    would only matter for `smvision`, which this process has already imported from the
+    installed package (the code the archive copied), exactly as before."""
+    spec = importlib.util.spec_from_file_location("inference", model_dir / "code" / "inference.py")
+    inference = importlib.util.module_from_spec(spec)
+    sys.modules["inference"] = inference  # as an import would (its dataclasses look it up)
+    spec.loader.exec_module(inference)
     return inference, inference.model_fn(str(model_dir))
 
 
@@ -89,13 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     payloads = bodies(args.pred_threshold)
     with tempfile.TemporaryDirectory() as tmp, LocalS3() as s3:
-        s3.put(BUCKET, {n: skimage_photo(n).read_bytes() for n in PHOTOS})
-        archive = Path(tmp) / "model.tar.gz"
-        subprocess.run([str(BIN / "smvision"), "archive", "build", "efficientdet", "--compound-coef", "0",
-                        "--output", str(archive)], check=True, capture_output=True)
-        model_dir = Path(tmp) / "model"
-        model_dir.mkdir()
-        subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
+        put_photos(s3)
+        model_dir = d0_model_dir(Path(tmp))
 
         handler, model = load_in_process(model_dir)
         with LocalServer(model_dir, ready_timeout_s=180) as server:

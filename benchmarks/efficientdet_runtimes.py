@@ -27,10 +27,9 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from common import BUCKET, PHOTOS, d0_model_dir, put_photos
 from smvision.deploy.local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process
 
-PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
-BUCKET = "bench"
 BATCHES = (1, 2, 4, 8)
 
 
@@ -135,12 +134,8 @@ def first_good_answer(model_dir: Path, env: dict[str, str], log: Path, body: str
 
 def http_and_cold_start(calls: int, rounds: int, pred_threshold: float) -> None:
     with tempfile.TemporaryDirectory() as tmp, LocalS3() as s3:
-        s3.put(BUCKET, {n: skimage_photo(n).read_bytes() for n in PHOTOS})
-        archive, model_dir, log = Path(tmp) / "model.tar.gz", Path(tmp) / "model", Path(tmp) / "serve.log"
-        subprocess.run([str(BIN / "smvision"), "archive", "build", "efficientdet", "--compound-coef", "0",
-                        "--output", str(archive)], check=True, capture_output=True)
-        model_dir.mkdir()
-        subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
+        put_photos(s3)
+        model_dir, log = d0_model_dir(Path(tmp)), Path(tmp) / "serve.log"
 
         variants = {
             "onnx, batch 1 (default)": {},

@@ -38,10 +38,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-import toolkit_harness as h  # noqa: E402
-from smvision.deploy.stats import percentile  # noqa: E402
+from smvision.deploy import toolkit_harness as h
+from smvision.deploy.local_s3 import LocalS3, skimage_photo
+from smvision.deploy.stats import percentile
 
 
 class MemorySampler:
@@ -179,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         measured: dict[str, Measured] = {}
         servers: list[h.ServerProcess] = []
-        with h.LocalS3(root / "moto.log") as s3, h.ToolkitLock():
-            s3.put(h.BUCKET, {name: h.skimage_photo(name).read_bytes() for name in h.PHOTOS})
+        with LocalS3(root / "moto.log") as s3, h.ToolkitLock():
+            s3.put(h.BUCKET, {name: skimage_photo(name).read_bytes() for name in h.PHOTOS})
             env.update(s3.env)
             starts = {
                 "ours": lambda: h.OurServer(h.extract_archive(archive, root / "ours" / "model"), root / "ours", env),

@@ -23,12 +23,10 @@ import time
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-import toolkit_harness as h  # noqa: E402
-from torchserve_harness import TorchServe, build_mar  # noqa: E402
-
-from smvision.deploy.stats import percentile  # noqa: E402
+from smvision.deploy import toolkit_harness as h
+from smvision.deploy.local_s3 import S3_ENV, LocalS3
+from smvision.deploy.stats import percentile
+from smvision.deploy.toolkit_harness import TorchServe, build_mar
 
 CASES = {"sam-decode": h.SAM_DECODE, "sam-encode": h.SAM_ENCODE}
 
@@ -62,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = root / "ours" / "model"
         with zipfile.ZipFile(mar) as archive:
             archive.extractall(model_dir)
-        with h.LocalS3(root / "moto.log") as s3:
+        with LocalS3(root / "moto.log") as s3:
             s3.put(h.BUCKET, h.bucket_objects())
-            env = {k: os.environ[k] for k in h.S3_ENV if k in os.environ}
+            env = {k: os.environ[k] for k in S3_ENV if k in os.environ}
             with h.ToolkitLock():
                 servers = {}
                 try:

@@ -17,10 +17,9 @@ median, and the ratios to 1 worker.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import statistics
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,38 +27,10 @@ from pathlib import Path
 
 import requests
 
-from smvision.deploy.local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process
-
+from common import BUCKET, PHOTOS, d0_model_dir, put_photos
+from smvision.deploy.local_s3 import LocalS3
+from smvision.deploy.local_server import LocalServer
 from smvision.threads import cpu_count
-
-BUCKET = "bench"
-PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
-
-
-def start(model_dir: Path, workers: int, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        [str(BIN / "smvision"), "serve", "--model-dir", str(model_dir), "--port", str(port), "--workers", str(workers)],
-        env={**os.environ, "SMVISION_BIND_HOST": "127.0.0.1", **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    return process, f"http://127.0.0.1:{port}"
-
-
-def wait_ready(url: str, workers: int, log_path: Path, timeout: float = 600) -> None:
-    """Until /ping is 200 and every worker has loaded its model (said in the log)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if (requests.get(url + "/ping", timeout=2).status_code == 200
-                    and log_path.read_text(errors="replace").count("model loaded") >= workers):
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} not ready")
 
 
 def round_rps(url: str, payloads: list[bytes], count: int, clients: int) -> float:
@@ -90,27 +61,16 @@ def main() -> None:
         (f"{k} workers, all threads", k, {"SMVISION_THREADS": str(cores)}),
     ]
     with tempfile.TemporaryDirectory() as tmp, LocalS3() as s3:
-        s3.put(BUCKET, {n: skimage_photo(n).read_bytes() for n in PHOTOS})
-        archive = Path(tmp) / "model.tar.gz"
-        subprocess.run([str(BIN / "smvision"), "archive", "build", "efficientdet", "--compound-coef", "0",
-                        "--output", str(archive)], check=True, capture_output=True)
-        model_dir = Path(tmp) / "model"
-        model_dir.mkdir()
-        subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
-        servers = []
-        try:
-            for i, (name, workers, env) in enumerate(configs):
-                servers.append(start(model_dir, workers, env, Path(tmp) / f"serve-{i}.log"))
-            for i, ((_, workers, _), (_, url)) in enumerate(zip(configs, servers)):
-                wait_ready(url, workers, Path(tmp) / f"serve-{i}.log")
+        put_photos(s3)
+        model_dir = d0_model_dir(Path(tmp))
+        with contextlib.ExitStack() as running:  # each ready once all its workers have loaded
+            servers = [running.enter_context(LocalServer(model_dir, env, ready_timeout_s=600, workers=workers))
+                       for _, workers, env in configs]
             results: dict[str, list[float]] = {name: [] for name, _, _ in configs}
             for number in range(args.rounds):
-                for (name, _, _), (_, url) in zip(configs, servers):
-                    results[name].append(round_rps(url, payloads, args.requests, 2 * k))
+                for (name, _, _), server in zip(configs, servers):
+                    results[name].append(round_rps(server.url, payloads, args.requests, 2 * k))
                 print(f"round {number + 1}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in results.items()), flush=True)
-        finally:
-            for process, _ in servers:
-                stop_process(process)
     print(f"EfficientDet D0, {cores} cores, {2 * k} clients, {args.requests} requests x {args.rounds} rounds")
     base = statistics.median(results["1 worker"])
     for name, values in results.items():

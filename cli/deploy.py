@@ -298,12 +298,47 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _region_option(parser: argparse.ArgumentParser) -> None:
+# ---- arguments ----------------------------------------------------------------------
+# Blocks that several commands share; each takes the help texts that differ.
+
+
+def add_region_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
 
 
-def add_commands(commands: Any, archive_commands: Any) -> None:
-    """Add archive push, deploy, invoke, transform and bench to the smvision parser."""
+def add_wait_arguments(parser: argparse.ArgumentParser, timeout_s: float, timeout_help: str, poll_s: float) -> None:
+    """--timeout (how long to wait, seconds) and the hidden --poll interval."""
+    parser.add_argument("--timeout", type=float, default=timeout_s, help=timeout_help)
+    parser.add_argument("--poll", type=float, default=poll_s, help=argparse.SUPPRESS)
+
+
+def add_env_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """--env K=V ... (repeatable): container environment."""
+    parser.add_argument("--env", nargs="+", action="extend", metavar="K=V", help=help_text)
+
+
+def add_instance_arguments(parser: argparse.ArgumentParser, type_default: str | None, type_help: str) -> None:
+    parser.add_argument("--instance-type", default=type_default, help=type_help)
+    parser.add_argument("--instance-count", type=int, default=1)
+
+
+def add_body_arguments(parser: argparse.ArgumentParser, s3_help: str) -> None:
+    """Where the request comes from: a body file (or - for stdin), or images in S3."""
+    parser.add_argument("body", nargs="?", help="request body file, or - for stdin")
+    parser.add_argument("--s3", nargs="+", metavar="BUCKET/KEY", help=s3_help)
+
+
+def add_record_arguments(parser: argparse.ArgumentParser, param_help: str, accept_help: str | None = None) -> None:
+    """How the request is sent: per-record parameters, Content-Type, Accept."""
+    parser.add_argument("--param", nargs="+", action="extend", metavar="K=V", help=param_help)
+    parser.add_argument("--content-type", help="default: text/csv with --s3, else from the file name")
+    parser.add_argument("--accept", help=accept_help)
+
+
+# ---- commands -----------------------------------------------------------------------
+
+
+def add_push_command(archive_commands: Any) -> None:
     push = archive_commands.add_parser("push", help="upload model.tar.gz to s3://B/P/<env>/<UTC timestamp>/")
     push.add_argument("archive", help="model.tar.gz from `smvision archive build`")
     push.add_argument("--bucket", required=True)
@@ -312,17 +347,17 @@ def add_commands(commands: Any, archive_commands: Any) -> None:
     push.add_argument("--no-progress", action="store_true", help="no progress bar")
     push.set_defaults(run=_push)
 
+
+def add_deploy_commands(commands: Any) -> None:
     deploy = commands.add_parser("deploy", help="SageMaker endpoints: create (or update), delete, list")
     deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True)
     create = deploy_commands.add_parser("create", help="create an endpoint, or update it in place when it exists")
     create.add_argument("--name", required=True, help="endpoint name")
     create.add_argument("--model-data", required=True, help="s3:// URI of model.tar.gz (`smvision archive push`)")
     create.add_argument("--role", required=True, help="SageMaker execution role ARN")
-    create.add_argument("--instance-type", help="e.g. ml.c5.xlarge (CPU image) or ml.g4dn.xlarge (GPU image)")
-    create.add_argument("--instance-count", type=int, default=1)
+    add_instance_arguments(create, None, "e.g. ml.c5.xlarge (CPU image) or ml.g4dn.xlarge (GPU image)")
     create.add_argument("--image", help="container image URI (default: AWS PyTorch 2.6 inference image)")
-    create.add_argument("--env", nargs="+", action="extend", metavar="K=V",
-                        help="container environment, e.g. EFFICIENTDET_COMPOUND_COEF=0")
+    add_env_argument(create, "container environment, e.g. EFFICIENTDET_COMPOUND_COEF=0")
     create.add_argument("--autoscale", metavar="MIN:MAX", help="target tracking on invocations per instance")
     create.add_argument("--target-invocations", type=float, default=100.0,
                         help="invocations per instance per minute autoscaling holds (default 100)")
@@ -332,38 +367,37 @@ def add_commands(commands: Any, archive_commands: Any) -> None:
     create.add_argument("--serverless", type=int, metavar="MEMORY_MB", help="a serverless endpoint (1024-6144 MB)")
     create.add_argument("--serverless-max-concurrency", type=int, default=5)
     create.add_argument("--startup-timeout", type=int, default=600, help="container startup health check timeout, s")
-    create.add_argument("--timeout", type=float, default=1800, help="how long to wait for InService, s")
-    create.add_argument("--poll", type=float, default=15, help=argparse.SUPPRESS)
+    add_wait_arguments(create, 1800, "how long to wait for InService, s", poll_s=15)
     create.add_argument("--no-wait", action="store_true", help="return once SageMaker accepted the request")
-    _region_option(create)
+    add_region_argument(create)
     create.set_defaults(run=_deploy_create)
 
     delete = deploy_commands.add_parser("delete", help="remove endpoint, config(s), model(s) and autoscaling")
     delete.add_argument("--name", required=True)
-    _region_option(delete)
+    add_region_argument(delete)
     delete.set_defaults(run=_deploy_delete)
 
     listing = deploy_commands.add_parser("list", help="the region's endpoints")
     listing.add_argument("--json", action="store_true")
-    _region_option(listing)
+    add_region_argument(listing)
     listing.set_defaults(run=_deploy_list)
 
+
+def add_invoke_command(commands: Any) -> None:
     invoke = commands.add_parser("invoke", help="call an endpoint (real-time, or --async through S3)")
     invoke.add_argument("--name", required=True, help="endpoint name")
-    invoke.add_argument("body", nargs="?", help="request body file, or - for stdin")
-    invoke.add_argument("--s3", nargs="+", metavar="BUCKET/KEY", help="images in S3, one record each")
-    invoke.add_argument("--param", nargs="+", action="extend", metavar="K=V",
-                        help="per-record parameters with --s3 (JSON bodies), e.g. pred_threshold=0.3")
-    invoke.add_argument("--content-type", help="default: text/csv with --s3, else from the file name")
-    invoke.add_argument("--accept", help="e.g. application/json (default) or application/jsonlines")
+    add_body_arguments(invoke, "images in S3, one record each")
+    add_record_arguments(invoke, "per-record parameters with --s3 (JSON bodies), e.g. pred_threshold=0.3",
+                         "e.g. application/json (default) or application/jsonlines")
     invoke.add_argument("--async", dest="use_async", action="store_true", help="InvokeEndpointAsync and wait")
     invoke.add_argument("--async-input", metavar="S3_URI", help="where to upload the input (default: <async output>-input/)")
-    invoke.add_argument("--timeout", type=float, default=3600, help="how long to wait for an async result, s")
-    invoke.add_argument("--poll", type=float, default=5, help=argparse.SUPPRESS)
+    add_wait_arguments(invoke, 3600, "how long to wait for an async result, s", poll_s=5)
     invoke.add_argument("--output", help="write the answer here instead of stdout")
-    _region_option(invoke)
+    add_region_argument(invoke)
     invoke.set_defaults(run=_invoke)
 
+
+def add_transform_command(commands: Any) -> None:
     transform = commands.add_parser("transform", help="batch transform: a SageMaker job, or --local with its semantics")
     transform.add_argument("--input", required=True, metavar="S3_PREFIX", help="every object under it is an input")
     transform.add_argument("--output", required=True, metavar="S3_PREFIX", help="<input name>.out per input")
@@ -379,29 +413,35 @@ def add_commands(commands: Any, archive_commands: Any) -> None:
     transform.add_argument("--max-payload-mb", type=float, help="MaxPayloadInMB (0-100; 0 = no limit; default 6)")
     transform.add_argument("--max-concurrent-transforms", type=int, help="requests in flight (default: the container's)")
     transform.add_argument("--assemble-with", choices=("None", "Line"), default="None")
-    transform.add_argument("--instance-type", default="ml.c5.xlarge", help="SageMaker job instance type")
-    transform.add_argument("--instance-count", type=int, default=1)
+    add_instance_arguments(transform, "ml.c5.xlarge", "SageMaker job instance type")
     transform.add_argument("--job-name", help="default: <model name>-<UTC stamp>")
-    transform.add_argument("--env", nargs="+", action="extend", metavar="K=V", help="job container environment")
+    add_env_argument(transform, "job container environment")
     transform.add_argument("--no-progress", action="store_true")
     transform.add_argument("--no-wait", action="store_true", help="print the job name once created")
-    transform.add_argument("--timeout", type=float, default=86400, help="how long to wait for the job, s")
-    transform.add_argument("--poll", type=float, default=30, help=argparse.SUPPRESS)
-    _region_option(transform)
+    add_wait_arguments(transform, 86400, "how long to wait for the job, s", poll_s=30)
+    add_region_argument(transform)
     transform.set_defaults(run=_transform)
 
+
+def add_bench_command(commands: Any) -> None:
     bench = commands.add_parser("bench", help="N requests at concurrency C: latency percentiles, images/s, errors")
     bench.add_argument("--url", help="a server, e.g. http://127.0.0.1:8080 (POST /invocations)")
     bench.add_argument("--name", help="an endpoint name (InvokeEndpoint)")
-    bench.add_argument("body", nargs="?", help="request body file, or - for stdin")
-    bench.add_argument("--s3", nargs="+", metavar="BUCKET/KEY", help="images in S3, cycled through the requests")
+    add_body_arguments(bench, "images in S3, cycled through the requests")
     bench.add_argument("--records-per-request", type=int, default=1, help="with --s3: images per request")
-    bench.add_argument("--param", nargs="+", action="extend", metavar="K=V", help="per-record parameters (JSON bodies)")
-    bench.add_argument("--content-type", help="default: text/csv with --s3, else from the file name")
-    bench.add_argument("--accept")
+    add_record_arguments(bench, "per-record parameters (JSON bodies)")
     bench.add_argument("-n", "--requests", type=int, default=20)
     bench.add_argument("-c", "--concurrency", type=int, default=1)
     bench.add_argument("--warmup", type=int, default=1, help="requests sent first and not counted")
     bench.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    _region_option(bench)
+    add_region_argument(bench)
     bench.set_defaults(run=_bench)
+
+
+def add_commands(commands: Any, archive_commands: Any) -> None:
+    """Add archive push, deploy, invoke, transform and bench to the smvision parser."""
+    add_push_command(archive_commands)
+    add_deploy_commands(commands)
+    add_invoke_command(commands)
+    add_transform_command(commands)
+    add_bench_command(commands)

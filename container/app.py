@@ -56,6 +56,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from smvision import inflight
+from smvision.container.logs import MODEL_LOADED
 from smvision.container.handler import Handler
 from smvision.container.settings import ENV_DRAIN, ENV_STUCK_AFTER, Settings
 from smvision.quoting import clean, quote
@@ -298,7 +299,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
         else:
             state.status = state.READY
-            log.info("model loaded in %.2f s; /ping answers 200",
+            log.info("%s in %.2f s; /ping answers 200", MODEL_LOADED,
                      time.perf_counter() - started)
         _call_soon(loop, _set_result, loaded, None)
 

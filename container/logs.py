@@ -18,6 +18,9 @@ from smvision.quoting import clean
 #: Longest message in one log line, in characters.
 LINE_LIMIT = 4000
 
+#: How the line each worker logs once its model has loaded begins (LocalServer counts them).
+MODEL_LOADED = "model loaded"
+
 _SECRETS = (
     # 'Authorization': b'AWS4-HMAC-SHA256 ...'  /  Authorization: Bearer ...
     re.compile(r"(?i)(authorization|x-amz-security-token)(['\"]?\s*[:=]\s*)(b?'[^']*'|b?\"[^\"]*\"|[^\r\n]*)"),

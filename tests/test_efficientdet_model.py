@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from smvision.archive.efficientdet import random_state_dict
 from smvision.models.efficientdet import (
     Detections,
     EfficientDet,
@@ -134,27 +135,6 @@ def zylo117_keys(coef: int, num_classes: int = 90) -> dict[str, tuple[int, ...]]
         keys[f"{p}._project_conv.conv.weight"] = (o, mid, 1, 1)
         keys |= _bn(f"{p}._bn2", o)
     return keys
-
-
-def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 1) -> dict[str, torch.Tensor]:
-    """Random values that keep activations tame: scaled convs, BN stats away from identity."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, shape in shapes.items():
-        if key.endswith("num_batches_tracked"):
-            out[key] = torch.tensor(7)
-        elif key.endswith("running_var"):
-            out[key] = 0.5 + torch.rand(shape, generator=g)
-        elif key.endswith("running_mean") or (key.endswith(".bias") and len(shape) == 1):
-            out[key] = 0.1 * torch.randn(shape, generator=g)
-        elif len(shape) == 1 and "_w" in key.rsplit(".", 1)[-1]:
-            out[key] = torch.rand(shape, generator=g) * 1.2 - 0.2  # some negative: ReLU matters
-        elif len(shape) == 1:
-            out[key] = 0.5 + torch.rand(shape, generator=g)  # BN weight
-        else:
-            fan_in = shape[1] * shape[2] * shape[3]
-            out[key] = torch.randn(shape, generator=g) / math.sqrt(fan_in)
-    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from smvision.archive.efficientdet import random_state_dict
 from smvision.archive.efficientdet_onnx import export_efficientdet_onnx
 from smvision.manifest import ArchiveError, Manifest
 from smvision.models.efficientdet import (
@@ -32,7 +33,7 @@ from smvision.models.efficientdet.preprocess import preprocess
 from smvision.models.efficientdet.resize import Resized, preprocess_numpy, resized_size
 from smvision.models.efficientdet.serving import RUNTIME_ENV, batch_size, choose_runtime
 from support import PYTHON, skimage_photo
-from test_efficientdet_model import MEAN, STD, _gap_threshold, _hand_case, random_state_dict, zylo117_keys
+from test_efficientdet_model import MEAN, STD, _gap_threshold, _hand_case, zylo117_keys
 
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
 

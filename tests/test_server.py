@@ -536,6 +536,24 @@ def test_several_workers_each_load_the_model(tmp_path):
         assert server.stop() == 0
 
 
+def test_local_server_with_workers_is_ready_once_every_worker_has_loaded(tmp_path):
+    from smvision.deploy.local_server import LocalServer
+
+    # the first worker loads at once, the second 3 s later: /ping is 200 long before
+    slow = {"ECHO_SLOW_LOADS": str(tmp_path / "first-load")}
+    with LocalServer(make_model_dir(tmp_path, "echo.py"), env=slow, ready_timeout_s=60, workers=2) as server:
+        assert server.loaded_workers() == 2
+        pids = set()
+        for _ in range(40):  # fresh connections: both workers take them
+            pids.add(requests.post(server.url + "/invocations", data=b"{}", timeout=10,
+                                   headers={"Content-Type": "application/json"}).json()["pid"])
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2
+    with pytest.raises(ValueError, match="SMVISION_LOG_LEVEL=warning"):
+        LocalServer(tmp_path, env={"SMVISION_LOG_LEVEL": "warning"}, workers=2)
+
+
 # --------------------------------------------------------------------------- the handler in-process
 
 

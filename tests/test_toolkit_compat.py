@@ -1,6 +1,6 @@
 """code/ unchanged under the real SageMaker PyTorch toolkit (TorchServe), natively.
 
-For every case in toolkit_harness.CASES: build the archive with its own command, serve it
+For every case in smvision.deploy.toolkit_harness.CASES: build the archive with its own command, serve it
 with `smvision serve` and with sagemaker-pytorch-inference 2.0.25 on TorchServe 0.12 (as
 the AWS PyTorch 2.6 inference image does), send both the same requests, and check that
 
@@ -31,7 +31,9 @@ from pathlib import Path
 
 import pytest
 
-import toolkit_harness as h
+from smvision.deploy import toolkit_harness as h
+from smvision.deploy.local_s3 import S3_ENV, LocalS3
+from support import WriteWatch, compare_json, decode_reply
 
 pytestmark = pytest.mark.toolkit
 
@@ -63,11 +65,11 @@ def _serve_both(case: h.Case, venv: Path, root: Path, bucket: str) -> Run:
     ours_dir, theirs_dir = root / "ours", root / "toolkit"
     ours_model = h.extract_archive(archive, ours_dir / "model")
     theirs_model = h.extract_archive(archive, theirs_dir / "base" / "model")
-    env = {k: os.environ[k] for k in h.S3_ENV if k in os.environ}  # set by LocalS3
+    env = {k: os.environ[k] for k in S3_ENV if k in os.environ}  # set by LocalS3
     env.update({"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SAGEMAKER_PROGRAM": "inference.py", **case.env})
 
     home = Path.home()
-    watch = h.WriteWatch(
+    watch = WriteWatch(
         roots=[h.REPO, home, Path("/etc")],
         # git's own files, pytest's cache (written by any pytest run in the checkout), and
         # the coding tools' state in this workspace: not written by the servers.
@@ -104,7 +106,7 @@ def run(request, toolkit_venv) -> Run:
     case: h.Case = request.param
     root = Path(tempfile.mkdtemp(prefix=f"smvision-toolkit-{case.name}-"))
     try:
-        with h.LocalS3(root / "moto.log") as s3:
+        with LocalS3(root / "moto.log") as s3:
             s3.put(h.BUCKET, h.bucket_objects())
             yield _serve_both(case, toolkit_venv, root, h.BUCKET)
     finally:
@@ -132,7 +134,7 @@ def test_same_answers_as_our_server(run: Run):
             continue
         if ours.content_type.split(";")[0] != theirs.content_type.split(";")[0]:
             problems.append(f"{call.name}: content type {ours.content_type!r} != {theirs.content_type!r}")
-        diffs = h.compare_json(h.decode(ours, call), h.decode(theirs, call))
+        diffs = compare_json(decode_reply(ours, call), decode_reply(theirs, call))
         problems += [f"{call.name}: {d}" for d in diffs[:10]]
     assert not problems, "\n".join(problems)
 
@@ -213,7 +215,7 @@ def test_write_watch_sees_new_changed_and_removed(tmp_path):
     (tree / "pkg" / "mod.py").write_text("x = 1\n")
     (outside / "keep.txt").write_text("a")
     (outside / "gone.txt").write_text("b")
-    watch = h.WriteWatch([tree, outside], ignore=[outside / "ignored"], marker_dir=tmp_path, source_trees=[tree])
+    watch = WriteWatch([tree, outside], ignore=[outside / "ignored"], marker_dir=tmp_path, source_trees=[tree])
     watch.start()
     (tree / "pkg" / "mod.py").write_text("x = 2\n")  # someone editing source: not counted
     (tree / "logs").mkdir()  # a new folder in the checkout: counted
@@ -226,8 +228,8 @@ def test_write_watch_sees_new_changed_and_removed(tmp_path):
 
 def test_compare_json_tolerates_float_noise_only():
     a = {"detections": [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "class": "cat"}]}
-    assert h.compare_json(a, {"detections": [{"bbox": [1.00001, 2.0, 3.0, 4.0], "score": 0.5, "class": "cat"}]}) == []
-    assert h.compare_json(a, {"detections": [{"bbox": [1.1, 2.0, 3.0, 4.0], "score": 0.5, "class": "cat"}]})
-    assert h.compare_json(a, {"detections": [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "class": "dog"}]})
-    assert h.compare_json(a, {"detections": []})
-    assert h.compare_json({"n": 1}, {"n": True})
+    assert compare_json(a, {"detections": [{"bbox": [1.00001, 2.0, 3.0, 4.0], "score": 0.5, "class": "cat"}]}) == []
+    assert compare_json(a, {"detections": [{"bbox": [1.1, 2.0, 3.0, 4.0], "score": 0.5, "class": "cat"}]})
+    assert compare_json(a, {"detections": [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "class": "dog"}]})
+    assert compare_json(a, {"detections": []})
+    assert compare_json({"n": 1}, {"n": True})

@@ -3,7 +3,7 @@
 Builds sam_vit_tiny_test_decode.mar and sam_vit_tiny_test_encode.mar with the CLI, starts
 one TorchServe 0.12 (from the toolkit test venv, tests/toolkit/setup_toolkit_venv.sh)
 with both registered at start, and `smvision serve` on each .mar's extracted contents;
-then sends both the same requests (toolkit_harness's SAM_DECODE and SAM_ENCODE calls)
+then sends both the same requests (smvision.deploy.toolkit_harness's SAM_DECODE and SAM_ENCODE calls)
 and checks that answers, statuses (a bad prompt is a 400) and error bodies are the same.
 """
 
@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-import toolkit_harness as h
-from torchserve_harness import MODEL_TYPE, TorchServe, build_mar
+from smvision.deploy import toolkit_harness as h
+from smvision.deploy.local_s3 import S3_ENV, LocalS3
+from smvision.deploy.toolkit_harness import MODEL_TYPE, TorchServe, build_mar
+from support import compare_json, decode_reply
 
 pytestmark = pytest.mark.toolkit
 
@@ -52,9 +54,9 @@ def served() -> Served:
             done = build_mar(kind, store)
             assert done.returncode == 0, done.stderr[-3000:]
             result.mars[kind] = Path(done.stdout.strip().splitlines()[-1])
-        with h.LocalS3(root / "moto.log") as s3:
+        with LocalS3(root / "moto.log") as s3:
             s3.put(h.BUCKET, h.bucket_objects())
-            env = {k: os.environ[k] for k in h.S3_ENV if k in os.environ}
+            env = {k: os.environ[k] for k in S3_ENV if k in os.environ}
             ours = {}
             for kind, mar in result.mars.items():
                 model_dir = root / kind / "model"
@@ -108,7 +110,7 @@ def test_torchserve_gives_the_same_answers_as_our_server(served: Served, kind: s
         if ours.content_type.split(";")[0] != theirs.content_type.split(";")[0]:
             problems.append(f"{call.name}: content type {ours.content_type!r} != {theirs.content_type!r}")
         if call.status == 200:
-            diffs = h.compare_json(h.decode(ours, call), h.decode(theirs, call))
+            diffs = compare_json(decode_reply(ours, call), decode_reply(theirs, call))
             problems += [f"{call.name}: {d}" for d in diffs[:10]]
         elif ours.json() != theirs.json():  # the same {"error": ..., "status": N}
             problems.append(f"{call.name}: error body {ours.body[:300]!r} != {theirs.body[:300]!r}")

@@ -1,6 +1,8 @@
-"""Run one archive under our server and under the real SageMaker PyTorch toolkit, natively.
-
-Used by tests/test_toolkit_compat.py and benchmarks/toolkit_vs_ours.py; no pytest here.
+"""One archive under `smvision serve` and under the real SageMaker PyTorch toolkit (or
+TorchServe itself), natively, side by side: the harness of tests/test_toolkit_compat.py,
+tests/test_torchserve_mar.py, benchmarks/toolkit_vs_ours.py and benchmarks/torchserve_mar.py.
+A development tool: it needs a checkout of the repository (the toolkit venv's setup
+script and launcher are tests/toolkit/), Java 11+, and no pytest.
 
 The toolkit side is what `serve` does in the AWS PyTorch 2.6 inference image
 (sagemaker-pytorch-inference 2.0.25 on TorchServe 0.12), run without Docker from a
@@ -32,7 +34,6 @@ from __future__ import annotations
 import base64
 import fcntl
 import json
-import math
 import os
 import shutil
 import signal
@@ -47,15 +48,15 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+from smvision.deploy.local_s3 import free_port, skimage_photo
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLKIT_DIR = REPO / "tests" / "toolkit"
 SETUP_SCRIPT = TOOLKIT_DIR / "setup_toolkit_venv.sh"
 LAUNCHER = TOOLKIT_DIR / "launch_toolkit.py"
 PROJECT_BIN = Path(sys.executable).parent
-
-from smvision.deploy.local_s3 import S3_ENV, LocalS3, free_port, skimage_photo
 
 BUCKET = "smvision-toolkit"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg")
@@ -78,6 +79,9 @@ def ensure_toolkit_venv(project_python: str | None = None, timeout: float = 1800
     give it its own $SMVISION_TOOLKIT_VENV too).
     """
     project_python = project_python or os.environ.get("SMVISION_TOOLKIT_BASE_PYTHON") or sys.executable
+    if not SETUP_SCRIPT.is_file():
+        raise ToolkitUnavailable(f"{SETUP_SCRIPT} not found: the harness runs from a checkout of the repository "
+                                 "(pip install -e .)")
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise ToolkitUnavailable("TorchServe needs Java 11+ (java on PATH or JAVA_HOME); none found")
     if shutil.which("bash") is None or shutil.which("flock") is None:
@@ -709,127 +713,86 @@ def other_torchserve_pids() -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------
-# Comparing answers
+# TorchServe itself (from the toolkit venv) serving `smvision archive mar` files. One
+# TorchServe at a time: hold ToolkitLock() while it runs.
+
+MODEL_TYPE = "vit_tiny_test"
 
 
-def compare_json(ours: Any, theirs: Any, rel: float = 1e-4, abs_: float = 1e-4, path: str = "$") -> list[str]:
-    """Differences between two JSON values, numbers equal up to tolerance."""
-    if isinstance(ours, bool) or isinstance(theirs, bool):
-        return [] if ours is theirs else [f"{path}: {ours!r} != {theirs!r}"]
-    if isinstance(ours, (int, float)) and isinstance(theirs, (int, float)):
-        if math.isclose(ours, theirs, rel_tol=rel, abs_tol=abs_):
-            return []
-        return [f"{path}: {ours!r} != {theirs!r}"]
-    if type(ours) is not type(theirs):
-        return [f"{path}: {type(ours).__name__} != {type(theirs).__name__}"]
-    if isinstance(ours, dict):
-        if ours.keys() != theirs.keys():
-            return [f"{path}: keys {sorted(ours)} != {sorted(theirs)}"]
-        return [d for key in ours for d in compare_json(ours[key], theirs[key], rel, abs_, f"{path}.{key}")]
-    if isinstance(ours, list):
-        if len(ours) != len(theirs):
-            return [f"{path}: {len(ours)} items != {len(theirs)}"]
-        return [d for i, (a, b) in enumerate(zip(ours, theirs)) for d in compare_json(a, b, rel, abs_, f"{path}[{i}]")]
-    return [] if ours == theirs else [f"{path}: {ours!r} != {theirs!r}"]
+def build_mar(kind: str, output: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`smvision archive mar KIND --model-type vit_tiny_test --output OUTPUT [extra...]`."""
+    argv = [str(PROJECT_BIN / "smvision"), "archive", "mar", kind, "--model-type", MODEL_TYPE, "--output", str(output), *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600)
 
 
-#: result fields that hold base64 .npy arrays (compared by value, within tolerance)
-NPY_FIELDS = ("embedding", "low_res_logits")
+class TorchServe(ServerProcess):
+    """`torchserve --foreground` with the .mar files of model_store loaded at start,
+    every listener on 127.0.0.1, its temp files, logs and config under workdir."""
 
-
-def decode(reply: Reply, call: Call) -> Any:
-    if call.accept == "application/x-npy":
-        return _npy_summary(reply.body)
-    document = reply.jsonlines() if call.accept == "application/jsonlines" else reply.json()
-    return _arrays_by_value(document)
-
-
-def _npy_summary(data: bytes) -> dict[str, Any]:
-    """An array's shape, dtype and every 61st value (enough to catch any real difference)."""
-    import io
-
-    import numpy as np
-
-    array = np.load(io.BytesIO(data), allow_pickle=False)
-    return {"shape": list(array.shape), "dtype": str(array.dtype), "values": array.astype(float).ravel()[::61].tolist()}
-
-
-def _arrays_by_value(document: Any) -> Any:
-    if isinstance(document, list):
-        return [_arrays_by_value(item) for item in document]
-    if isinstance(document, dict):
-        return {
-            key: _npy_summary(base64.b64decode(value)) if key in NPY_FIELDS and isinstance(value, str) else _arrays_by_value(value)
-            for key, value in document.items()
-        }
-    return document
-
-
-# ---------------------------------------------------------------------------------------
-# What a run wrote outside temporary directories
-
-
-class WriteWatch:
-    """Paths under `roots` created, modified, removed-from or chmod-ed since start().
-
-    One `find -newer/-cnewer MARKER` walk per root after the run (a removal shows as its
-    folder's new mtime). `ignore` paths are pruned. For `source_trees` (a checkout that
-    people may be editing while the test runs) edits of source files and folders whose
-    mtime changed are not counted; new folders and every other new or changed file are.
-    """
-
-    SOURCE_SUFFIXES = frozenset(
-        ".py .pyi .md .rst .txt .cfg .toml .ini .sh .json .yml .yaml .ipynb .in".split()
-    )
+    label = "torchserve"
 
     def __init__(
-        self,
-        roots: Sequence[Path],
-        ignore: Sequence[Path],
-        marker_dir: Path,
-        source_trees: Sequence[Path] = (),
+        self, venv: Path, model_store: Path, workdir: Path, env: dict[str, str], settings: dict[str, str] | None = None
     ) -> None:
-        self.roots = [Path(r) for r in roots if Path(r).exists()]
-        self.ignore = [Path(i) for i in ignore]
-        self.marker = Path(marker_dir) / "write-watch.marker"
-        self.source_trees = [Path(t) for t in source_trees]
-        self._dirs_before: set[str] = set()
+        """settings: more config.properties lines (e.g. {"decode_input_request": "false"})."""
+        others = other_torchserve_pids()
+        if others:
+            raise RuntimeError(f"TorchServe already runs here (pids {others})")
+        port = free_port()
+        tmp, cwd = workdir / "tmp", workdir / "cwd"
+        tmp.mkdir(parents=True)
+        cwd.mkdir(parents=True)
+        config = workdir / "config.properties"
+        config.write_text(
+            "\n".join(
+                [
+                    f"inference_address=http://127.0.0.1:{port}",
+                    f"management_address=http://127.0.0.1:{free_port()}",
+                    f"metrics_address=http://127.0.0.1:{free_port()}",
+                    "grpc_inference_address=127.0.0.1",
+                    "grpc_management_address=127.0.0.1",
+                    f"grpc_inference_port={free_port()}",
+                    f"grpc_management_port={free_port()}",
+                    f"model_store={model_store}",
+                    "load_models=" + ",".join(sorted(p.name for p in model_store.glob("*.mar"))),
+                    "default_workers_per_model=1",
+                    "disable_token_authorization=true",
+                    "disable_system_metrics=true",
+                    *(f"{key}={value}" for key, value in (settings or {}).items()),
+                    "",
+                ]
+            )
+        )
+        full_env = _base_env(
+            {
+                "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+                "VIRTUAL_ENV": str(venv),
+                "TEMP": str(tmp),
+                "TMPDIR": str(tmp),
+                "LOG_LOCATION": str(cwd / "logs"),
+                "METRICS_LOCATION": str(cwd / "logs"),
+                **env,
+            }
+        )
+        argv = [str(venv / "bin" / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config)]
+        super().__init__(argv, full_env, cwd, workdir / "torchserve.log", port)
 
-    def _dirs(self) -> set[str]:
-        found = {str(tree) for tree in self.source_trees}
-        for tree in self.source_trees:
-            for dirpath, dirnames, _ in os.walk(tree):
-                dirnames[:] = [d for d in dirnames if Path(dirpath, d) not in self.ignore]
-                found.update(os.path.join(dirpath, d) for d in dirnames)
-        return found
+    def predict(self, name: str, call: Call, bucket: str) -> Reply:
+        return post(f"{self.url}/predictions/{name}", call.render(bucket), call.headers())
 
-    def start(self) -> None:
-        self._dirs_before = self._dirs()
-        self.marker.write_text("")
-        time.sleep(0.02)  # anything written from now on is strictly newer than the marker
-
-    def _edit(self, path: str) -> bool:
-        p = Path(path)
-        if not any(p.is_relative_to(t) for t in self.source_trees) or "__pycache__" in p.parts:
-            return False
-        if p.is_dir():
-            return path in self._dirs_before
-        return p.suffix in self.SOURCE_SUFFIXES
-
-    def written(self) -> list[str]:
-        found: set[str] = set()
-        for root in self.roots:
-            argv = ["find", str(root), "-xdev"]
-            for path in self.ignore:
-                argv += ["-path", str(path), "-prune", "-o"]
-            argv += ["(", "-newer", str(self.marker), "-o", "-cnewer", str(self.marker), ")", "-print"]
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-            found.update(line for line in done.stdout.splitlines() if line)
-        found.update(self._dirs() - self._dirs_before)  # new folders, even if emptied
-        return sorted(p for p in found if not self._edit(p))
-
-
-def iter_cases(names: Sequence[str] | None = None) -> Iterator[Case]:
-    for case in CASES:
-        if not names or case.name in names:
-            yield case
+    def wait_model(self, name: str, probe: Call, bucket: str, timeout: float) -> None:
+        """Until the model answers the probe with 200 (TorchServe is up and its worker loaded)."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"torchserve exited ({self.process.returncode}):\n{self.log_tail()}")
+            try:
+                reply = self.predict(name, probe, bucket)
+                if reply.status == 200:
+                    return
+                last = f"{reply.status} {reply.body[:300]!r}"
+            except OSError as exc:
+                last = repr(exc)
+            time.sleep(0.5)
+        raise TimeoutError(f"{name}: no good answer after {timeout:.0f} s (last: {last}):\n{self.log_tail()}")
