@@ -52,8 +52,8 @@ from typing import Callable
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support import Server, skimage_photo  # noqa: E402
+from smvision.deploy.local_s3 import skimage_photo
+from smvision.deploy.local_server import LocalServer
 
 HEIGHT, WIDTH = 1500, 2250
 POINT = [1125.0, 750.0]
@@ -323,7 +323,7 @@ def main() -> int:
         np.save(buffer, embedding)
         body = json.dumps({"image_embedding": base64.b64encode(buffer.getvalue()).decode(), "original_size": [HEIGHT, WIDTH], **params}).encode()
         env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SMVISION_THREADS": str(args.threads)}
-        server = Server(model_dir, env=env, log_path=workdir / "serve.log").wait_ready()
+        server = LocalServer(model_dir, env=env, log_path=workdir / "serve.log").__enter__()
         http = requests.Session()
         url = server.url + "/invocations"
 
