@@ -73,18 +73,24 @@ class LowResSamOnnxModel(SamOnnxModel):
         point_labels: torch.Tensor,
         dense_embedding: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decode(image_embeddings, self._embed_points(point_coords, point_labels), dense_embedding)
+
+    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B prompts' point embeddings (B, N, C) on one image embedding (1, C, 64, 64) with
+        a dense prompt (R, C) -> scores (B, 4) and low-res logits (B, 4, 256, 256). The
+        image side is one (4096, C) for all prompts until the first layer updates it."""
         decoder = self.model.mask_decoder
         transformer = decoder.transformer
-        prompt_pe = torch.cat([self.output_tokens, self._embed_points(point_coords, point_labels)[0]])
+        prompt_pe = torch.cat([self.output_tokens.expand(sparse.shape[0], -1, -1), sparse], dim=1)  # (B, T, C)
         channels = image_embeddings.shape[1]
-        keys = image_embeddings.reshape(channels, -1).T + dense_embedding
+        keys = image_embeddings.reshape(channels, -1).T + dense
         queries = prompt_pe
         for layer in transformer.layers:
             if layer.skip_first_layer_pe:
-                queries = layer.self_attn(queries[None], queries[None], queries[None])[0]
+                queries = layer.self_attn(queries, queries, queries)
             else:
-                q = (queries + prompt_pe)[None]
-                queries = queries + layer.self_attn(q, q, queries[None])[0]
+                q = queries + prompt_pe
+                queries = queries + layer.self_attn(q, q, queries)
             queries = layer.norm1(queries)
             keys_pe = keys + self.image_pe
             attended = _token_to_image(layer.cross_attn_token_to_image, queries + prompt_pe, keys_pe, keys)
@@ -93,24 +99,25 @@ class LowResSamOnnxModel(SamOnnxModel):
             keys = layer.norm4(_image_to_token(layer.cross_attn_image_to_token, keys_pe, queries + prompt_pe, queries, keys))
         attended = _token_to_image(transformer.final_attn_token_to_image, queries + prompt_pe, keys + self.image_pe, keys)
         queries = transformer.norm_final_attn(queries + attended)
-        hyper = torch.stack([mlp(queries[1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)])
-        scores = decoder.iou_prediction_head(queries[0])[None]
+        hyper = torch.stack([mlp(queries[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+        scores = decoder.iou_prediction_head(queries[:, 0])
         return scores, self._upscale(keys, hyper)
 
     def _upscale(self, tokens: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        """output_upscaling then hyper . pixels: (4096, 256) tokens -> (1, 4, 256, 256)."""
+        """output_upscaling then hyper . pixels: (B, 4096, 256) tokens, (B, 4, 32) hyper ->
+        (B, 4, 256, 256)."""
         up1, norm, act1, up2, act2 = self.model.mask_decoder.output_upscaling
         side = self.model.prompt_encoder.image_embedding_size[0]
+        count, masks = tokens.shape[0], hyper.shape[1]
         # ConvTranspose2d(k=2, s=2): every input pixel -> 2x2 outputs, a matrix product.
         hidden = tokens @ up1.weight.permute(0, 2, 3, 1).flatten(1) + up1.bias.repeat(4)
         hidden = hidden.reshape(-1, up1.out_channels)
         hidden = act1(torch.nn.functional.layer_norm(hidden, (up1.out_channels,), norm.weight, norm.bias, norm.eps))
         hidden = hidden @ up2.weight.permute(0, 2, 3, 1).flatten(1) + up2.bias.repeat(4)
-        hidden = act2(hidden.reshape(-1, up2.out_channels))
-        masks = hyper @ hidden.T  # columns: (y, x, a, b, c, d) for pixel (4y + 2a + c, 4x + 2b + d)
-        count = hyper.shape[0]
-        masks = masks.reshape(count, side, side, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
-        return masks.reshape(1, count, 4 * side, 4 * side)
+        hidden = act2(hidden.reshape(count, -1, up2.out_channels))
+        logits = hyper @ hidden.transpose(1, 2)  # (B, 4, pixels): pixel (4y + 2a + c, 4x + 2b + d) in (y, x, a, b, c, d) order
+        logits = logits.reshape(count, masks, side, side, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        return logits.reshape(count, masks, 4 * side, 4 * side)
 
 
 class MaskEmbedding(torch.nn.Module):
@@ -135,40 +142,38 @@ class MaskEmbedding(torch.nn.Module):
 
 
 def _token_to_image(attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Attention(q=queries (T, C), k=keys (4096, C), v=values) without projecting keys or values."""
+    """Attention(q=queries (B, T, C), k=keys, v=values ((4096, C) shared or (B, 4096, C)))
+    without projecting keys or values: every head's scores in one (H*T, C) x (C, 4096)
+    product per prompt."""
     heads = attention.num_heads
     head_dim = attention.internal_dim // heads
-    channels = keys.shape[-1]
-    tokens = queries.shape[0]
-    q = attention.q_proj(queries).reshape(-1, heads, head_dim).transpose(0, 1)  # (H, T, d)
-    q_keys = q @ (attention.k_proj.weight.reshape(heads, head_dim, channels) / math.sqrt(head_dim))  # (H, T, C)
-    # every head in one (H*T, C) x (C, 4096) product: the image side is packed once
-    weights = torch.softmax(q_keys.reshape(heads * tokens, channels) @ keys.T, dim=-1)  # (H*T, 4096)
-    mixed = (weights @ values).reshape(heads, tokens, channels)  # (H, T, C)
+    count, tokens, channels = queries.shape
+    q = attention.q_proj(queries).reshape(count, tokens, heads, head_dim).transpose(1, 2)  # (B, H, T, d)
+    q_keys = q @ (attention.k_proj.weight.reshape(heads, head_dim, channels) / math.sqrt(head_dim))  # (B, H, T, C)
+    weights = torch.softmax(q_keys.reshape(count, heads * tokens, channels) @ keys.transpose(-1, -2), dim=-1)
+    mixed = (weights @ values).reshape(count, heads, tokens, channels)  # (B, H, T, C)
     out = mixed @ attention.v_proj.weight.reshape(heads, head_dim, channels).transpose(1, 2)
     out = out + attention.v_proj.bias.reshape(heads, 1, head_dim)
-    return attention.out_proj(out.transpose(0, 1).reshape(-1, heads * head_dim))
+    return attention.out_proj(out.transpose(1, 2).reshape(count, tokens, heads * head_dim))
 
 
 def _image_to_token(attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """residual + Attention(q=queries (4096, C), k=keys (T, C), v=values), without
-    projecting the queries nor running out_proj over 4096 rows: each head's weights sum to
-    1, so out_proj's bias rides on the value rows (/ heads) and the residual is the one
-    matrix product's addend."""
+    """residual + Attention(q=queries ((4096, C) shared or (B, 4096, C)), k=keys (B, T, C),
+    v=values), without projecting the queries nor running out_proj over 4096 rows: each
+    head's weights sum to 1, so out_proj's bias rides on the value rows (/ heads)."""
     heads = attention.num_heads
     head_dim = attention.internal_dim // heads
-    channels = queries.shape[-1]
-    tokens = keys.shape[0]
-    k = attention.k_proj(keys).reshape(tokens, heads, head_dim).transpose(0, 1) / math.sqrt(head_dim)  # (H, T, d)
-    v = attention.v_proj(values).reshape(tokens, heads, head_dim).transpose(0, 1)
+    count, tokens, channels = keys.shape
+    k = attention.k_proj(keys).reshape(count, tokens, heads, head_dim).transpose(1, 2) / math.sqrt(head_dim)  # (B, H, T, d)
+    v = attention.v_proj(values).reshape(count, tokens, heads, head_dim).transpose(1, 2)
     w_q = attention.q_proj.weight.reshape(heads, head_dim, channels)
-    q_keys = (k @ w_q).reshape(heads * tokens, channels)  # (H*T, C)
-    bias = (k @ attention.q_proj.bias.reshape(heads, head_dim, 1)).reshape(heads * tokens)
-    scores = torch.addmm(bias, queries, q_keys.T)  # (4096, H*T)
-    weights = torch.softmax(scores.reshape(-1, heads, tokens), dim=-1).reshape(-1, heads * tokens)
+    q_keys = (k @ w_q).reshape(count, heads * tokens, channels)  # (B, H*T, C)
+    bias = (k @ attention.q_proj.bias.reshape(heads, head_dim, 1)).reshape(count, 1, heads * tokens)
+    scores = queries @ q_keys.transpose(1, 2) + bias  # (B, 4096, H*T)
+    weights = torch.softmax(scores.reshape(count, -1, heads, tokens), dim=-1).reshape(count, -1, heads * tokens)
     w_out = attention.out_proj.weight.reshape(channels, heads, head_dim).permute(1, 2, 0)  # (H, d, C)
-    v_out = (v @ w_out).reshape(heads * tokens, channels) + attention.out_proj.bias / heads  # (H*T, C)
-    return torch.addmm(residual, weights, v_out)
+    v_out = (v @ w_out).reshape(count, heads * tokens, channels) + attention.out_proj.bias / heads  # (B, H*T, C)
+    return residual + weights @ v_out
 
 
 def example_inputs(sam: Sam, upsample: bool) -> dict[str, torch.Tensor]:
