@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.executable, "-m", "uvicorn", "--app-dir", tmp, "baseline_app:app",
                 "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning",
                 "--workers", str(args.workers)]))
-        runs.append((f"smvision serve", [
+        runs.append(("smvision serve", [
             sys.executable, "-m", "smvision.container.serve", "--model-dir", str(model_dir),
             "--workers", str(args.workers)]))
         results = {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from smvision.models.efficientdet import (
 )
 from smvision.models.efficientdet.anchors import anchor_boxes
 from smvision.models.efficientdet.nms import batched_nms, nms
-from smvision.models.efficientdet.postprocess import AnchorGeometry, postprocess
+from smvision.models.efficientdet.postprocess import postprocess
 from smvision.models.efficientdet.postprocess_numpy import AnchorArrays, postprocess_numpy
 from smvision.models.efficientdet.preprocess import preprocess
 from smvision.models.efficientdet.resize import Resized, preprocess_numpy, resized_size

@@ -18,7 +18,6 @@ built here.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
