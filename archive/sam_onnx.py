@@ -47,9 +47,11 @@ class LowResSamOnnxModel(SamOnnxModel):
 
     - attention: token->image scores as (q Wk) . keys and outputs as (attn . values) Wv
       (the key bias drops out of the softmax; attention rows sum to 1), image->token as
-      keys . (Wq k) and attn . (v Wo + out bias / heads), added onto the residual in the
-      same matrix product: no projection of the 4096 image tokens at all (about 2.3x
-      fewer multiply-adds in the transformer), keys + positional encoding once per layer;
+      keys . (Wq k) and attn . (v Wo + out bias / heads): no projection of the 4096 image
+      tokens at all (about 2.3x fewer multiply-adds in the transformer), keys +
+      positional encoding once per layer;
+    - batch-first (decode): B prompts on one image share the first layer's image side
+      (everything mode's points graph); the served graph is B = 1;
     - the stride-2 transposed convolutions of output_upscaling as plain matrix products in
       sub-pixel order, with the hypernetwork product done before the one pixel shuffle;
     - the 4096 image tokens stay (tokens, channels) from start to end;
