@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import statistics
@@ -29,6 +30,7 @@ import requests
 
 from common import BUCKET, PHOTOS, d0_model_dir, put_photos
 from smvision.deploy.local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process
+from smvision.deploy.local_server import LocalServer
 
 BATCHES = (1, 2, 4, 8)
 
@@ -102,18 +104,6 @@ def start_server(model_dir: Path, env: dict[str, str], log: Path) -> tuple[subpr
     return process, f"http://127.0.0.1:{port}/invocations"
 
 
-def wait_ready(ping: str, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(ping, timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"server not ready; see {log}")
-
-
 def first_good_answer(model_dir: Path, env: dict[str, str], log: Path, body: str) -> float:
     """Seconds from starting `serve` to its first 200 answer with detections."""
     started = time.perf_counter()
@@ -145,24 +135,20 @@ def http_and_cold_start(calls: int, rounds: int, pred_threshold: float) -> None:
         keys = [f"s3://{BUCKET}/{PHOTOS[i % len(PHOTOS)]}" for i in range(8)]
         csv = "\n".join(keys)
         env_threshold = {"DEFAULT_PRED_THRESHOLD": str(pred_threshold)}
-        servers = {name: start_server(model_dir, {**env, **env_threshold}, log) for name, env in variants.items()}
-        try:
-            for _, url in servers.values():
-                wait_ready(url.replace("invocations", "ping"), log)
+        with contextlib.ExitStack() as stack:
+            servers = {name: stack.enter_context(LocalServer(model_dir, {**env, **env_threshold}, log_path=Path(tmp) / f"serve-{i}.log"))
+                       for i, (name, env) in enumerate(variants.items())}
             session = requests.Session()
             elapsed: dict[str, list[float]] = {name: [] for name in variants}
             for call in range(calls + 1):  # call 0 warms up
                 names = list(servers) if call % 2 else list(servers)[::-1]
                 for name in names:
                     started = time.perf_counter()
-                    response = session.post(servers[name][1], data=csv, headers={"Content-Type": "text/csv"}, timeout=300)
+                    response = session.post(servers[name].url + "/invocations", data=csv, headers={"Content-Type": "text/csv"}, timeout=300)
                     response.raise_for_status()
                     assert len(response.json()) == 8
                     if call:
                         elapsed[name].append(time.perf_counter() - started)
-        finally:
-            for process, _ in servers.values():
-                stop_process(process)
         print(f"\n2. end to end over HTTP, D0: CSV requests of 8 photos from local S3, {calls} alternating calls each "
               f"(pred_threshold {pred_threshold})")
         base = 8 / statistics.median(elapsed["onnx, batch 1 (default)"])

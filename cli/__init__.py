@@ -28,6 +28,26 @@ def _build_efficientdet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sam_arguments(parser: argparse.ArgumentParser, kind: str, output_help: str) -> argparse.ArgumentParser:
+    """The arguments of a SAM archive (`archive build` and `archive mar`): type, checkpoint,
+    --quantize for the kinds with a decoder, seed, output."""
+    parser.add_argument(
+        "--model-type",
+        required=True,
+        choices=["vit_b", "vit_l", "vit_h", "vit_tiny_test"],
+        help="SAM type; vit_tiny_test is the CI-sized SAM for tests and demos (random weights only)",
+    )
+    parser.add_argument(
+        "--checkpoint", help="official SAM checkpoint (sam_vit_b_01ec64.pth, ...); none = random weights, for tests only"
+    )
+    if kind != "sam-encode":
+        parser.add_argument("--quantize", action="store_true", help="dynamic int8 weights in the ONNX decoder")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random weights (without --checkpoint)")
+    parser.add_argument("--output", required=True, help=output_help)
+    parser.set_defaults(quantize=False)
+    return parser
+
+
 def _build_sam(args: argparse.Namespace) -> int:
     from smvision.archive.sam import build_sam_archive
 
@@ -92,36 +112,14 @@ def parser() -> argparse.ArgumentParser:
         "sam": "SAM in one call: image + prompts -> masks, with an embedding cache",
     }
     for kind, text in sam_help.items():
-        sam = kinds.add_parser(kind, help=text)
-        sam.add_argument(
-            "--model-type",
-            required=True,
-            choices=["vit_b", "vit_l", "vit_h", "vit_tiny_test"],
-            help="SAM type; vit_tiny_test is the CI-sized SAM for tests and demos (random weights only)",
-        )
-        sam.add_argument(
-            "--checkpoint", help="official SAM checkpoint (sam_vit_b_01ec64.pth, ...); none = random weights, for tests only"
-        )
-        if kind != "sam-encode":
-            sam.add_argument("--quantize", action="store_true", help="dynamic int8 weights in the ONNX decoder")
-        sam.add_argument("--seed", type=int, default=0, help="seed for random weights (without --checkpoint)")
-        sam.add_argument("--output", required=True, help="where to write model.tar.gz")
-        sam.set_defaults(run=_build_sam, quantize=False)
+        _add_sam_arguments(kinds.add_parser(kind, help=text), kind, "where to write model.tar.gz").set_defaults(run=_build_sam)
 
     # archive mar: the same SAM payload and code/ as a TorchServe .mar (the seed's format)
     mar = archive_commands.add_parser("mar", help="build a SAM TorchServe .mar (sam_<type>_<kind>.mar)")
     mar_kinds = mar.add_subparsers(dest="kind", required=True)
     for kind, text in sam_help.items():
         sam = mar_kinds.add_parser(kind, help=text)
-        sam.add_argument(
-            "--model-type", required=True, choices=["vit_b", "vit_l", "vit_h", "vit_tiny_test"], help="SAM type"
-        )
-        sam.add_argument("--checkpoint", help="official SAM checkpoint; none = random weights, for tests only")
-        if kind != "sam-encode":
-            sam.add_argument("--quantize", action="store_true", help="dynamic int8 weights in the ONNX decoder")
-        sam.add_argument("--seed", type=int, default=0, help="seed for random weights (without --checkpoint)")
-        sam.add_argument("--output", required=True, help="folder to write sam_<type>_<kind>.mar into")
-        sam.set_defaults(run=_build_mar, quantize=False)
+        _add_sam_arguments(sam, kind, "folder to write sam_<type>_<kind>.mar into").set_defaults(run=_build_mar)
 
     serve = commands.add_parser("serve", help="serve an extracted archive on the SageMaker contract")
     serve.add_argument("--model-dir", help="extracted archive (default $SAGEMAKER_BASE_DIR/model)")

@@ -10,7 +10,6 @@ endpoint is InService again the previous config and model are deleted.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ from smvision.deploy import autoscaling
 from smvision.deploy.autoscaling import Scaling
 from smvision.deploy.aws import AwsError, error_code, error_message
 from smvision.deploy.images import pytorch_inference_image
+from smvision.deploy.progress import Report, report_to_stderr
 
 VARIANT = "AllTraffic"
 STAMP_DIGITS = 17  # YYYYmmddHHMMSSfff
@@ -29,13 +29,6 @@ MAX_NAME = 63 - 1 - STAMP_DIGITS
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
 BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting", "UpdateRollbackFailed")
-
-Report = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
 
 class DeployError(AwsError):
     """The deployment did not reach InService (or could not start); the message says why."""
@@ -142,7 +135,7 @@ def wait_for_endpoint(
     name: str,
     timeout_s: float = 1800,
     poll_s: float = 15,
-    report: Report = _stderr,
+    report: Report = report_to_stderr,
     expected_config: str | None = None,
 ) -> dict[str, Any]:
     """Poll until InService; DeployError with FailureReason if it fails or times out.
@@ -188,7 +181,7 @@ def create_or_update(
     wait: bool = True,
     timeout_s: float = 1800,
     poll_s: float = 15,
-    report: Report = _stderr,
+    report: Report = report_to_stderr,
 ) -> dict[str, Any]:
     """Create the endpoint, or update it to a new config when it exists; returns DescribeEndpoint."""
     spec.validate()
@@ -240,7 +233,7 @@ def create_or_update(
         sm, spec.name, timeout_s=timeout_s, poll_s=poll_s, report=report, expected_config=name
     )
     if old_config is not None and old_config != name:
-        for line in _delete_config_and_models(sm, old_config, old_models):
+        for line in _delete_configs_and_models(sm, [old_config], old_models):
             report(f"deleted previous {line}")
     if spec.autoscale is not None:
         policy = autoscaling.enable(scaling_client, spec.name, VARIANT, spec.autoscale)
@@ -271,10 +264,12 @@ def _delete_quietly(call: Callable[..., Any], **kwargs: Any) -> bool:
     return True
 
 
-def _delete_config_and_models(sm: Any, config_name: str, models: list[str]) -> list[str]:
+def _delete_configs_and_models(sm: Any, configs: list[str], models: list[str]) -> list[str]:
+    """Delete the endpoint configs, then the models (those that exist); what was deleted."""
     deleted = []
-    if _delete_quietly(sm.delete_endpoint_config, EndpointConfigName=config_name):
-        deleted.append(f"endpoint config {config_name}")
+    for config in configs:
+        if _delete_quietly(sm.delete_endpoint_config, EndpointConfigName=config):
+            deleted.append(f"endpoint config {config}")
     for model in models:
         if _delete_quietly(sm.delete_model, ModelName=model):
             deleted.append(f"model {model}")
@@ -302,13 +297,7 @@ def delete(sm: Any, scaling_client: Any, name: str) -> list[str]:
     for config in configs:
         models += [m for m in _models_of(sm, config) if m not in models]
     models += [m for m in _names(sm.get_paginator("list_models"), "Models", "ModelName", name) if m not in models]
-    for config in configs:
-        if _delete_quietly(sm.delete_endpoint_config, EndpointConfigName=config):
-            deleted.append(f"endpoint config {config}")
-    for model in models:
-        if _delete_quietly(sm.delete_model, ModelName=model):
-            deleted.append(f"model {model}")
-    return deleted
+    return deleted + _delete_configs_and_models(sm, configs, models)
 
 
 def _names(paginator: Any, key: str, field_name: str, endpoint: str) -> list[str]:

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm
+
+#: where long-running deploy steps send a status line
+Report = Callable[[str], None]
+
+
+def report_to_stderr(line: str) -> None:
+    """The default Report: the line on stderr, flushed."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def progress_bar(total: float | None = None, *, enabled: bool = True, **options: Any) -> tqdm:

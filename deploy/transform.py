@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from smvision.deploy import batching
 from smvision.deploy.aws import AwsError
 from smvision.deploy.local_transform import TransformOptions, split_s3_uri
-
-Report = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
+from smvision.deploy.progress import Report, report_to_stderr
 
 class TransformJobError(AwsError):
     """The job failed or stopped; the message carries its FailureReason."""
@@ -87,7 +80,7 @@ def create_job(sm: Any, spec: JobSpec) -> str:
     return request["TransformJobName"]
 
 
-def wait_for_job(sm: Any, name: str, timeout_s: float = 86400, poll_s: float = 30, report: Report = _stderr) -> dict[str, Any]:
+def wait_for_job(sm: Any, name: str, timeout_s: float = 86400, poll_s: float = 30, report: Report = report_to_stderr) -> dict[str, Any]:
     """Poll until Completed; TransformJobError with FailureReason on Failed/Stopped or timeout."""
     started = time.monotonic()
     last = None

@@ -47,6 +47,23 @@ class Server(LocalServer):
         return self.__enter__()
 
 
+def spread_scores_d0():
+    """A D0 (5 classes) at input size 256, seed 0, whose class scores spread, so that
+    thresholds select a few dozen boxes; in eval mode."""
+    import dataclasses
+
+    import torch
+
+    from smvision.models.efficientdet import EfficientDet, efficientdet_config
+
+    torch.manual_seed(0)
+    model = EfficientDet(dataclasses.replace(efficientdet_config(0, num_classes=5), input_size=256))
+    with torch.no_grad():
+        model.classifier.header.pointwise_conv.conv.bias.fill_(-2.0)
+        model.classifier.header.pointwise_conv.conv.weight.mul_(8.0)
+    return model.eval()
+
+
 # ---------------------------------------------------------------------------------------
 # Comparing two servers' answers (tests/test_toolkit_compat.py, tests/test_torchserve_mar.py)
 

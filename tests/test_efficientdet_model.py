@@ -32,6 +32,7 @@ from smvision.models.efficientdet import (
 from smvision.models.efficientdet.bifpn import BiFPN
 from smvision.models.efficientdet.postprocess import AnchorGeometry, postprocess
 from smvision.models.efficientdet.preprocess import Resized, preprocess, resized_size
+from support import spread_scores_d0
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -618,13 +619,7 @@ def test_postprocess_per_image_thresholds_in_one_batch():
 @pytest.fixture(scope="module")
 def small_model():
     """A D0 at input size 256 whose scores spread, so thresholds select a few dozen boxes."""
-    torch.manual_seed(0)
-    cfg = dataclasses.replace(efficientdet_config(0, num_classes=5), input_size=256)
-    model = EfficientDet(cfg)
-    with torch.no_grad():
-        model.classifier.header.pointwise_conv.conv.bias.fill_(-2.0)
-        model.classifier.header.pointwise_conv.conv.weight.mul_(8.0)
-    return model.eval()
+    return spread_scores_d0()
 
 
 @pytest.fixture(scope="module")

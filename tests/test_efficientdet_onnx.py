@@ -31,7 +31,7 @@ from smvision.models.efficientdet.postprocess_numpy import AnchorArrays, postpro
 from smvision.models.efficientdet.preprocess import preprocess
 from smvision.models.efficientdet.resize import Resized, preprocess_numpy, resized_size
 from smvision.models.efficientdet.serving import RUNTIME_ENV, batch_size, choose_runtime
-from support import PYTHON, skimage_photo
+from support import PYTHON, skimage_photo, spread_scores_d0
 from test_efficientdet_model import MEAN, STD, _gap_threshold, _hand_case, zylo117_keys
 
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
@@ -44,14 +44,8 @@ def photos() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def small_model():
-    """D0 at input 256 with spread scores (as test_efficientdet_model's), and its ONNX export, made once."""
-    torch.manual_seed(0)
-    cfg = dataclasses.replace(efficientdet_config(0, num_classes=5), input_size=256)
-    model = EfficientDet(cfg)
-    with torch.no_grad():
-        model.classifier.header.pointwise_conv.conv.bias.fill_(-2.0)
-        model.classifier.header.pointwise_conv.conv.weight.mul_(8.0)
-    model.eval()
+    """D0 at input 256 with spread scores (support.spread_scores_d0), and its ONNX export, made once."""
+    model = spread_scores_d0()
     return model, export_efficientdet_onnx(model)
 
 
