@@ -137,6 +137,37 @@ def test_without_a_mask_the_graph_never_reads_mask_input(decoder, predictors):
     np.testing.assert_allclose(low_res[0, 1:], expected_low_res, atol=1e-3)
 
 
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_served_session_equals_float64_torch(sam, decoder, predictors, with_mask):
+    """The decoder graph under the served session options (every ONNX Runtime optimisation,
+    NCHWc layouts included) gives MaskDecoder.predict_masks's scores and low-res logits,
+    computed in float64, to float32 rounding: no optimiser moves them (EfficientDet's
+    squeeze-and-excitation means did; this graph has none)."""
+    import copy
+
+    from smvision.archive.sam_onnx import LowResSamOnnxModel
+
+    predictor, embedding, size = predictors["astronaut"]
+    prompts = parse_prompts(prompt_cases(*size)["five-points-box"], size, "prompt")
+    feed = decoder.feed(embedding, size, prompts)
+    if with_mask:
+        feed["mask_input"] = np.random.default_rng(1).normal(0, 4, feed["mask_input"].shape).astype(np.float32)
+        feed["has_mask_input"] = np.ones_like(feed["has_mask_input"])
+    scores, low_res = decoder.session.run(decoder.output_names, feed)
+    with torch.no_grad():
+        sparse = LowResSamOnnxModel(sam)._embed_points(torch.from_numpy(feed["point_coords"]), torch.from_numpy(feed["point_labels"]))
+        sam64 = copy.deepcopy(sam).double()
+        if with_mask:
+            dense = sam64.prompt_encoder.mask_downscaling(torch.from_numpy(feed["mask_input"]).double())
+        else:
+            dense = sam64.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, 64, 64)
+        expected_low_res, expected_scores = sam64.mask_decoder.predict_masks(
+            torch.from_numpy(embedding).double(), sam.prompt_encoder.get_dense_pe().double(), sparse.double(), dense)
+    scale = np.abs(expected_low_res.numpy()).max()
+    assert np.abs(low_res - expected_low_res.numpy()).max() < 1e-5 * max(scale, 1.0)
+    assert np.abs(scores - expected_scores.numpy()).max() < 1e-5
+
+
 def test_export_with_upsampling_is_right_at_every_aspect_ratio(sam, predictors, tmp_path):
     """The upstream graph (masks at orig_im_size), traced at 1500x2250, at other sizes."""
     session = create_session(export_sam_decoder(sam, tmp_path / "up.onnx", upsample=True), threads=1)
