@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from .config import _BACKBONE_CHANNELS, _FPN_CHANNELS, _FPN_REPEATS, _MAX_LEVELS
+from .config import VARIANTS
 from .model import EfficientDet
 
 _SHOW = 5
@@ -38,12 +38,12 @@ def _guess_coef(state_dict: Mapping[str, Tensor]) -> int | None:
         return None
     cells = {int(m.group(1)) for k in state_dict if (m := re.match(r"bifpn\.(\d+)\.", k))}
     has_p8 = any(k.startswith("bifpn.0.conv8_down.") for k in state_dict)
-    for coef in range(9):
+    for coef, variant in enumerate(VARIANTS):
         if (
-            _FPN_CHANNELS[coef] == fpn.shape[0]
-            and _BACKBONE_CHANNELS[coef][0] == p3.shape[1]
-            and _FPN_REPEATS[coef] == len(cells)
-            and (_MAX_LEVELS[coef] == 8) == has_p8
+            variant.fpn_channels == fpn.shape[0]
+            and variant.backbone_channels[0] == p3.shape[1]
+            and variant.fpn_repeats == len(cells)
+            and (variant.max_level == 8) == has_p8
         ):
             return coef  # D6 and D7 share every shape; the first match is reported
     return None

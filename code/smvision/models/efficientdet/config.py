@@ -8,27 +8,36 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-# Indexed by compound coefficient 0..8.
-_INPUT_SIZES = (512, 640, 768, 896, 1024, 1280, 1280, 1536, 1536)
-_BACKBONES = (0, 1, 2, 3, 4, 5, 6, 6, 7)
-_FPN_CHANNELS = (64, 88, 112, 160, 224, 288, 384, 384, 384)
-_FPN_REPEATS = (3, 4, 5, 6, 7, 7, 8, 8, 8)
-_HEAD_REPEATS = (3, 3, 3, 4, 4, 4, 5, 5, 5)
-_MAX_LEVELS = (7, 7, 7, 7, 7, 7, 7, 7, 8)
-_ANCHOR_SCALE = (4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 5.0, 4.0)
-_BACKBONE_CHANNELS = (
-    (40, 112, 320),
-    (40, 112, 320),
-    (48, 120, 352),
-    (48, 136, 384),
-    (56, 160, 448),
-    (64, 176, 512),
-    (72, 200, 576),
-    (72, 200, 576),
-    (80, 224, 640),
+
+@dataclass(frozen=True)
+class Variant:
+    """One EfficientDet variant's hyper-parameters, as zylo117 sets them."""
+
+    input_size: int
+    backbone: int  # EfficientNet-bN
+    backbone_channels: tuple[int, int, int]  # P3, P4, P5 out of the backbone
+    fpn_channels: int
+    fpn_repeats: int
+    head_repeats: int
+    max_level: int  # P7, or P8 for D7x
+    anchor_scale: float = 4.0
+    fast_attention: bool = True  # BiFPN fusion: fast normalised weights; False: a plain sum
+
+
+#: compound coefficient -> its variant, one row each (8 is D7x)
+VARIANTS: tuple[Variant, ...] = (
+    Variant(input_size=512, backbone=0, backbone_channels=(40, 112, 320), fpn_channels=64, fpn_repeats=3, head_repeats=3, max_level=7),
+    Variant(input_size=640, backbone=1, backbone_channels=(40, 112, 320), fpn_channels=88, fpn_repeats=4, head_repeats=3, max_level=7),
+    Variant(input_size=768, backbone=2, backbone_channels=(48, 120, 352), fpn_channels=112, fpn_repeats=5, head_repeats=3, max_level=7),
+    Variant(input_size=896, backbone=3, backbone_channels=(48, 136, 384), fpn_channels=160, fpn_repeats=6, head_repeats=4, max_level=7),
+    Variant(input_size=1024, backbone=4, backbone_channels=(56, 160, 448), fpn_channels=224, fpn_repeats=7, head_repeats=4, max_level=7),
+    Variant(input_size=1280, backbone=5, backbone_channels=(64, 176, 512), fpn_channels=288, fpn_repeats=7, head_repeats=4, max_level=7),
+    Variant(input_size=1280, backbone=6, backbone_channels=(72, 200, 576), fpn_channels=384, fpn_repeats=8, head_repeats=5, max_level=7, fast_attention=False),
+    Variant(input_size=1536, backbone=6, backbone_channels=(72, 200, 576), fpn_channels=384, fpn_repeats=8, head_repeats=5, max_level=7, anchor_scale=5.0, fast_attention=False),
+    Variant(input_size=1536, backbone=7, backbone_channels=(80, 224, 640), fpn_channels=384, fpn_repeats=8, head_repeats=5, max_level=8, fast_attention=False),
 )
 
-MAX_COMPOUND_COEF = 8
+MAX_COMPOUND_COEF = len(VARIANTS) - 1
 DEFAULT_ANCHOR_SCALES: tuple[float, ...] = (2**0, 2 ** (1.0 / 3.0), 2 ** (2.0 / 3.0))
 DEFAULT_ANCHOR_RATIOS: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB
@@ -139,16 +148,17 @@ class EfficientDetConfig:
 def efficientdet_config(compound_coef: int, num_classes: int = 90) -> EfficientDetConfig:
     """zylo117's settings for EfficientDet D{compound_coef} (8 = D7x)."""
     c = _check_coef(compound_coef)
+    v = VARIANTS[c]
     return EfficientDetConfig(
         compound_coef=c,
         num_classes=_positive_int(num_classes, "num_classes"),
-        input_size=_INPUT_SIZES[c],
-        backbone=f"efficientnet-b{_BACKBONES[c]}",
-        backbone_channels=_BACKBONE_CHANNELS[c],
-        fpn_channels=_FPN_CHANNELS[c],
-        fpn_repeats=_FPN_REPEATS[c],
-        head_repeats=_HEAD_REPEATS[c],
-        pyramid_levels=tuple(range(3, _MAX_LEVELS[c] + 1)),
-        anchor_scale=_ANCHOR_SCALE[c],
-        fast_attention=c < 6,
+        input_size=v.input_size,
+        backbone=f"efficientnet-b{v.backbone}",
+        backbone_channels=v.backbone_channels,
+        fpn_channels=v.fpn_channels,
+        fpn_repeats=v.fpn_repeats,
+        head_repeats=v.head_repeats,
+        pyramid_levels=tuple(range(3, v.max_level + 1)),
+        anchor_scale=v.anchor_scale,
+        fast_attention=v.fast_attention,
     )

@@ -10,20 +10,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from smvision.inflight import stage
-
 from .anchors import generate_anchors
+from .base import Detector
 from .checkpoint import load_zylo117_state_dict
 from .config import EfficientDetConfig
 from .model import EfficientDet
 from .postprocess import AnchorGeometry, Detections, postprocess
-from .preprocess import preprocess
-from .thresholds import check_thresholds as _check_thresholds
+from .preprocess import Resized, preprocess
 
 log = logging.getLogger("smvision")
 
 
-class EfficientDetector:
+class EfficientDetector(Detector):
     """A ready-to-serve EfficientDet: BN folded, eval mode, channels_last, inference_mode, thread-safe.
 
     `model` is the inference copy (BatchNorm folded into the convs): it is not a
@@ -77,32 +75,28 @@ class EfficientDetector:
             geometry = self._anchors.setdefault(input_hw, AnchorGeometry.from_boxes(boxes))
         return geometry
 
-    def detect(
-        self,
-        images: Sequence[np.ndarray],
-        pred_thresholds: Sequence[float],
-        iou_thresholds: Sequence[float],
-        max_detections: Sequence[int] | None = None,
-    ) -> list[Detections]:
-        """Detections per image (HxWx3 uint8 RGB, any sizes), with per-image thresholds
-        and, if given, at most max_detections[i] per image (the best-scoring ones)."""
-        preds = _check_thresholds(pred_thresholds, "pred_thresholds", len(images))
-        ious = _check_thresholds(iou_thresholds, "iou_thresholds", len(images))
-        if len(images) == 0:
-            return []
-        size = self.config.input_size
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[Tensor, list[Resized]]:
+        """zylo117's resize, normalisation and padding, on the device, in the model's dtype."""
         with torch.inference_mode():
-            with stage("preprocess"):
-                batch, fits = preprocess(images, size, self.config.mean, self.config.std, self.device, self.dtype)
-            with stage("forward"), self._lock:
-                regression, classification = self.model(batch)
-            with stage("nms"):
-                return postprocess(
-                    regression, classification, self.anchors((size, size)), (size, size), preds, ious, fits,
-                    max_detections,
-                )
+            return preprocess(images, self.config.input_size, self.config.mean, self.config.std, self.device, self.dtype)
 
-    def warm_up(self) -> None:
-        """One forward pass on a dummy image, so the first request is not the slow one."""
-        size = self.config.input_size
-        self.detect([np.zeros((size, size, 3), np.uint8)], [1.0], [0.5])
+    def forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        """The network alone (one forward pass at a time: the model is shared by threads)."""
+        with torch.inference_mode(), self._lock:
+            return self.model(batch)
+
+    def postprocess(
+        self,
+        outputs: tuple[Tensor, Tensor],
+        pred_thresholds: list[float],
+        iou_thresholds: list[float],
+        fits: list[Resized],
+        max_detections: Sequence[int | None] | None,
+    ) -> list[Detections]:
+        """Decoding, thresholds and torchvision's batched NMS, as zylo117 does them."""
+        size = (self.config.input_size, self.config.input_size)
+        regression, classification = outputs
+        with torch.inference_mode():
+            return postprocess(
+                regression, classification, self.anchors(size), size, pred_thresholds, iou_thresholds, fits, max_detections
+            )

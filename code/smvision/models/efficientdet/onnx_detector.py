@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from smvision.inflight import stage
 from smvision.runtimes.onnx import create_session
 
 from .anchors import anchor_boxes
+from .base import Detector
 from .config import EfficientDetConfig
 from .detections import Detections
 from .postprocess_numpy import AnchorArrays, postprocess_numpy
-from .resize import preprocess_numpy
-from .thresholds import check_thresholds
+from .resize import Resized, preprocess_numpy
 
 log = logging.getLogger("smvision")
 
@@ -31,7 +30,7 @@ INPUT_NAME = "images"
 OUTPUT_NAMES = ("regression", "classification")
 
 
-class OnnxEfficientDetector:
+class OnnxEfficientDetector(Detector):
     """A ready-to-serve EfficientDet on ONNX Runtime; thread-safe (sessions allow concurrent runs)."""
 
     runtime = "onnx"
@@ -59,34 +58,26 @@ class OnnxEfficientDetector:
             )
         )
 
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Resized]]:
+        """zylo117's resize, normalisation and padding in numpy (OpenCV-exact, as the torch path)."""
+        return preprocess_numpy(images, self.config.input_size, self.config.mean, self.config.std)
+
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The network alone: (B, 3, H, W) float32 -> regression (B, A, 4), classification (B, A, C)."""
         regression, classification = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
         return regression, classification
 
-    def detect(
+    def postprocess(
         self,
-        images: Sequence[np.ndarray],
-        pred_thresholds: Sequence[float],
-        iou_thresholds: Sequence[float],
-        max_detections: Sequence[int | None] | None = None,
+        outputs: tuple[np.ndarray, np.ndarray],
+        pred_thresholds: list[float],
+        iou_thresholds: list[float],
+        fits: list[Resized],
+        max_detections: Sequence[int | None] | None,
     ) -> list[Detections]:
-        """Detections per image (HxWx3 uint8 RGB, any sizes), with per-image thresholds."""
-        preds = check_thresholds(pred_thresholds, "pred_thresholds", len(images))
-        ious = check_thresholds(iou_thresholds, "iou_thresholds", len(images))
-        if len(images) == 0:
-            return []
-        size = self.config.input_size
-        with stage("preprocess"):
-            batch, fits = preprocess_numpy(images, size, self.config.mean, self.config.std)
-        with stage("forward"):
-            regression, classification = self.forward(batch)
-        with stage("nms"):
-            return postprocess_numpy(
-                regression, classification, self._anchors, (size, size), preds, ious, fits, max_detections
-            )
-
-    def warm_up(self) -> None:
-        """One forward pass on a dummy image, so the first request is not the slow one."""
-        size = self.config.input_size
-        self.detect([np.zeros((size, size, 3), np.uint8)], [1.0], [0.5])
+        """Decoding, thresholds and an NMS deciding as torchvision's batched_nms, in numpy."""
+        size = (self.config.input_size, self.config.input_size)
+        regression, classification = outputs
+        return postprocess_numpy(
+            regression, classification, self._anchors, size, pred_thresholds, iou_thresholds, fits, max_detections
+        )
