@@ -23,8 +23,9 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
 
+from smvision.models.sam.build import EMBEDDING_SHAPE
+
 OPSET = 17
-EMBEDDING_SHAPE = (1, 256, 64, 64)
 
 
 class FixedSamOnnxModel(SamOnnxModel):

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from segment_anything.modeling import Sam
 
-from smvision.archive.sam_onnx import EMBEDDING_SHAPE, LowResSamOnnxModel, export_onnx
+from smvision.archive.sam_onnx import LowResSamOnnxModel, export_onnx
+from smvision.models.sam.build import EMBEDDING_SHAPE
 
 
 class PointBatchSamOnnxModel(LowResSamOnnxModel):

@@ -38,6 +38,7 @@ from smvision.kinds import BASE_MEDIA
 from smvision.kinds.sam_everything import EVERYTHING_KEYS, Everything, EverythingRequest, is_everything, load_everything
 from smvision.manifest import Manifest
 from smvision.media import JSON, JSONLINES, NPZ, MediaTable
+from smvision.models.sam.build import EMBEDDING_SHAPE
 from smvision.npy import load_npy, load_npy_base64
 from smvision.params import check_known, env_int
 from smvision.records import Record, Request, parse_npz_body, parse_s3_reference
@@ -45,7 +46,6 @@ from smvision.s3 import S3Reader, allowed_buckets_from_env
 
 log = logging.getLogger("smvision")
 
-EMBEDDING_SHAPE = (1, 256, 64, 64)
 EMBEDDING_DTYPES = (np.float32, np.float16)
 
 #: sam-decode's records are JSON objects (an embedding is no image): JSON and JSON lines,

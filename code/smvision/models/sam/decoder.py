@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from smvision.inflight import stage
+from smvision.models.sam.build import IMAGE_SIZE
 from smvision.models.sam.masks import MaskRuns
 from smvision.models.sam.prompts import MASK_INPUT_SIZE, Prompts
 from smvision.runtimes.onnx import create_session
 
-IMG_SIZE = 1024
-EMBEDDING_SHAPE = (1, 256, 64, 64)
+IMG_SIZE = IMAGE_SIZE
 MASK_THRESHOLD = 0.0
 DENSE_EDGES = 0.1  # sign changes per low-res sample above which dense_mask_runs is cheaper (measured)
 _BOX_LABELS = np.array([2.0, 3.0], dtype=np.float32)
