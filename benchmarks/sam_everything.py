@@ -2,7 +2,7 @@
 
 - everything: the sam-decode kind in-process (Handler.invoke, JSON in and out) with
   "mode": "everything" on a real photo's embedding (skimage coffee, 400x600, through the
-  CI-sized encoder), filters off so that every mask is kept (random weights: REFERENCE.md),
+  CI-sized encoder), filters off so that every mask is kept (random weights' predicted IoU and stability sit below the defaults),
   points_per_side 8 and 16.
 - decoder only, batched vs one call per point: the same grid's points through the
   batched points decoder (points_per_batch 64) and through the single-prompt decoder one

@@ -25,7 +25,7 @@ PHOTOS = {"coffee": ("coffee.png", None), "astronaut": ("astronaut.png", (slice(
 
 
 def ci_sam():
-    """The CI-sized SAM of REFERENCE.md: real classes, 2.1M parameters, fixed seed."""
+    """The CI-sized SAM (vit_tiny_test): real classes, 2.1M parameters, fixed seed."""
     from smvision.models.sam.build import build_sam, sam_config
 
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from smvision.errors import InferenceError
 from smvision.images import decode_image
 from smvision.inflight import request_scope
 
-#: random weights: masks only get through with the filters off (REFERENCE.md)
+#: random weights: masks only get through with the filters off (their predicted IoU and stability are low)
 #: (and their masks all cover the whole image: box NMS would keep one)
 LOOSE = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0,
          "crop_nms_thresh": 1.0}

@@ -166,7 +166,7 @@ def _request(records: list[Record], is_list: bool, kind: str) -> Request:
     return Request(records, is_list=is_list, media_type=kind)
 
 
-#: Content-Type -> parser: the record formats of CONTRACT section 3, which every kind shares
+#: Content-Type -> parser: the record formats every kind shares (README, "Requests")
 RECORD_PARSERS = {
     JSON: parse_json_body,
     JSONLINES: parse_jsonlines_body,

@@ -86,8 +86,8 @@ class EfficientDetModel:
         )
 
     def result(self, record: Record, image: np.ndarray, found: Any, max_detections: int | None = None) -> dict[str, Any]:
-        """CONTRACT section 4: boxes in original-image pixels, with class names, best
-        first, at most max_detections of them.
+        """The detections of one image (README, "Responses"): boxes in original-image
+        pixels, with class names, best first, at most max_detections of them.
 
         zylo117 clips boxes to the padded square input, so a box may run past the
         image's bottom or right edge, or lie wholly in the padding; here boxes are

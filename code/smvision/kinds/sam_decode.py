@@ -90,7 +90,7 @@ def check_embedding(array: np.ndarray, where: str) -> np.ndarray:
 def answer(
     result: Any, prompts: Any, original_size: tuple[int, int], image_georef: Any = None, where: str = "record"
 ) -> dict[str, Any]:
-    """CONTRACT section 5: masks in the asked format, scores, and logits on request.
+    """One record's answer (README, "sam-decode"): masks in the asked format, scores, and logits on request.
 
     mask_format "geojson": a FeatureCollection, in map coordinates when the request gives
     a geotransform or the image carried one (image_georef, a smvision.geo.Georef)."""

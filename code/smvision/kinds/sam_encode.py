@@ -104,7 +104,7 @@ class SamEncodeModel:
         return EncodeOptions(EMBEDDING_DTYPES[name], output)
 
     def result(self, record: Record, embedding: Any, options: EncodeOptions) -> dict[str, Any]:
-        """CONTRACT section 5: the embedding (or where it was written) and SamPredictor's sizes."""
+        """One record's answer: the embedding (or where it was written) and SamPredictor's sizes."""
         array = embedding.array.astype(options.dtype, copy=False)
         result: dict[str, Any] = {"source": record.source.describe()}
         if options.output is None:

