@@ -10,6 +10,7 @@ from pathlib import Path
 
 from smvision.archive.build import build_archive
 from smvision.archive.coco import COCO_CLASSES
+from smvision.artifacts import ONNX, WEIGHTS
 
 log = logging.getLogger("smvision")
 
@@ -157,10 +158,10 @@ def build_efficientdet_archive(
         artifacts = {}
         if onnx_bytes is not None:
             (stage / ONNX_FILE).write_bytes(onnx_bytes)
-            artifacts["onnx"] = ONNX_FILE
+            artifacts[ONNX] = ONNX_FILE
         if with_torch:
             torch.save(model.state_dict(), stage / WEIGHTS_FILE)
-            artifacts["weights"] = WEIGHTS_FILE
+            artifacts[WEIGHTS] = WEIGHTS_FILE
         return artifacts
 
     return build_archive(

@@ -5,41 +5,17 @@ every start (it needs network or a CodeArtifact mirror to do so). The image alre
 torch 2.6.0, torchvision 0.21.0, numpy, pillow and boto3, which is everything else
 code/ imports; each kind lists only what it imports beyond those, so an EfficientDet
 archive does not pull in ONNX Runtime and a sam-encode archive does not pull in
-pycocotools. Pins equal the repository's requirements.txt (a test checks): pins of
-torch & co. would replace the image's own builds, so they never appear here.
+pycocotools. Each kind's lines are in its row (smvision.kinds.KINDS); pins equal the
+repository's requirements.txt (a test checks): pins of torch & co. would replace the
+image's own builds, so they never appear there.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-#: model kind -> the distributions its code/ imports that the AWS 2.6 image lacks
-KIND_REQUIREMENTS: dict[str, tuple[str, ...]] = {
-    "efficientdet": ("efficientnet_pytorch==0.7.1",),
-    # segment_anything's modules (the image encoder) and ResizeLongestSide
-    # pybase64: base64 of 4 MB embeddings in about 1 ms (the standard library: 12 ms)
-    "sam-encode": ("segment-anything==1.0", "pybase64==1.5.1"),
-    # ONNX Runtime for the decoder, ResizeLongestSide for prompt coordinates;
-    # pycocotools for RLE masks, OpenCV for polygons, rasterio + shapely for GeoJSON
-    "sam-decode": (
-        "onnxruntime==1.31.1",
-        "segment-anything==1.0",
-        "pycocotools==2.0.11",
-        "opencv-python-headless==5.0.0.93",
-        "pybase64==1.5.1",
-        "rasterio==1.4.4",
-        "shapely==2.2.0",
-    ),
-    "sam": (
-        "segment-anything==1.0",
-        "onnxruntime==1.31.1",
-        "pycocotools==2.0.11",
-        "opencv-python-headless==5.0.0.93",
-        "pybase64==1.5.1",
-        "rasterio==1.4.4",
-        "shapely==2.2.0",
-    ),
-}
+from smvision.artifacts import ONNX
+from smvision.kinds import KINDS
 
 HEADER = """\
 # Installed by the AWS PyTorch 2.6 inference image (sagemaker-pytorch-inference) at every
@@ -49,7 +25,10 @@ HEADER = """\
 
 
 #: artifact role -> what serving it needs, whatever the kind (EfficientDet's ONNX export)
-ARTIFACT_REQUIREMENTS: dict[str, tuple[str, ...]] = {"onnx": ("onnxruntime==1.31.1",)}
+ARTIFACT_REQUIREMENTS: dict[str, tuple[str, ...]] = {ONNX: ("onnxruntime==1.31.1",)}
+
+#: kind -> its code/requirements.txt lines (from the registry rows)
+KIND_REQUIREMENTS: dict[str, tuple[str, ...]] = {name: kind.requirements for name, kind in KINDS.items()}
 
 
 def requirements_for(kind: str, roles: Iterable[str] = ()) -> tuple[str, ...]:

@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Callable
 
 from smvision.archive.build import build_archive
+from smvision.artifacts import DECODER, ENCODER, POINTS_DECODER
+from smvision.kinds import KINDS
 
 log = logging.getLogger("smvision")
 
-SAM_KINDS = ("sam-encode", "sam-decode", "sam")
+#: the kinds whose archives this module builds (their rows name the "sam" builder)
+SAM_KINDS = tuple(name for name, kind in KINDS.items() if kind.builder == "sam")
 ENCODER_FILE = "sam_image_encoder.pth"
 DECODER_FILE = "sam_decoder.onnx"
 POINTS_DECODER_FILE = "sam_points_decoder.onnx"
@@ -50,7 +53,8 @@ def build_sam_archive(
 
     if kind not in SAM_KINDS:
         raise ValueError(f"unknown SAM archive kind {kind!r}; use one of {', '.join(SAM_KINDS)}")
-    if quantize and kind == "sam-encode":
+    roles = KINDS[kind].roles
+    if quantize and DECODER not in roles:
         raise ValueError("--quantize applies to the ONNX decoder: sam-decode and sam archives only")
     config = sam_config(model_type)
     if checkpoint is None:
@@ -68,22 +72,23 @@ def build_sam_archive(
 
     def write_payload(stage: Path) -> dict[str, str]:
         artifacts = {}
-        if kind in ("sam-encode", "sam"):
+        if ENCODER in roles:
             torch.save(sam.image_encoder.state_dict(), stage / ENCODER_FILE)
-            artifacts["encoder"] = ENCODER_FILE
-        if kind in ("sam-decode", "sam"):
+            artifacts[ENCODER] = ENCODER_FILE
+        if DECODER in roles:
             from smvision.archive.sam_onnx import export_sam_decoder
 
             export_sam_decoder(sam, stage / DECODER_FILE, quantize=quantize)
-            artifacts["decoder"] = DECODER_FILE
+            artifacts[DECODER] = DECODER_FILE
+        if POINTS_DECODER in roles:
             from smvision.archive.sam_onnx_points import export_sam_point_batch_decoder
 
             export_sam_point_batch_decoder(sam, stage / POINTS_DECODER_FILE, quantize=quantize)
-            artifacts["points_decoder"] = POINTS_DECODER_FILE
+            artifacts[POINTS_DECODER] = POINTS_DECODER_FILE
         return artifacts
 
     archive_config = {"model_type": model_type}
-    if kind != "sam-encode":
+    if DECODER in roles:
         archive_config["decoder_quantized"] = quantize
     return build_archive(
         output,

@@ -17,6 +17,9 @@ import logging
 import sys
 from typing import Sequence
 
+from smvision.artifacts import DECODER
+from smvision.kinds import KINDS
+
 
 def _build_efficientdet(args: argparse.Namespace) -> int:
     from smvision.archive.efficientdet import build_efficientdet_archive
@@ -26,6 +29,22 @@ def _build_efficientdet(args: argparse.Namespace) -> int:
     )
     print(path)
     return 0
+
+
+def _add_efficientdet_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of an EfficientDet archive: coefficient, weights, classes, backend, output."""
+    parser.add_argument("--compound-coef", type=_coef, required=True, help="0-8 (8 = D7x)")
+    parser.add_argument("--weights", help="zylo117 checkpoint (.pth); none = random weights, for tests only")
+    parser.add_argument("--classes", help="class names: JSON list or one per line (default: COCO's 90)")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "both"),
+        default="both",
+        help="what the archive carries: torch weights, the ONNX export, or both (default: both; "
+        "SMVISION_RUNTIME picks at load)",
+    )
+    parser.add_argument("--output", required=True, help="where to write model.tar.gz")
+    return parser
 
 
 def _add_sam_arguments(parser: argparse.ArgumentParser, kind: str, output_help: str) -> argparse.ArgumentParser:
@@ -40,7 +59,7 @@ def _add_sam_arguments(parser: argparse.ArgumentParser, kind: str, output_help: 
     parser.add_argument(
         "--checkpoint", help="official SAM checkpoint (sam_vit_b_01ec64.pth, ...); none = random weights, for tests only"
     )
-    if kind != "sam-encode":
+    if DECODER in KINDS[kind].roles:
         parser.add_argument("--quantize", action="store_true", help="dynamic int8 weights in the ONNX decoder")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights (without --checkpoint)")
     parser.add_argument("--output", required=True, help=output_help)
@@ -92,34 +111,18 @@ def parser() -> argparse.ArgumentParser:
     build = archive_commands.add_parser("build", help="build a model.tar.gz")
     kinds = build.add_subparsers(dest="kind", required=True)
 
-    efficientdet = kinds.add_parser("efficientdet", help="EfficientDet D0-D7x (zylo117 weights)")
-    efficientdet.add_argument("--compound-coef", type=_coef, required=True, help="0-8 (8 = D7x)")
-    efficientdet.add_argument("--weights", help="zylo117 checkpoint (.pth); none = random weights, for tests only")
-    efficientdet.add_argument("--classes", help="class names: JSON list or one per line (default: COCO's 90)")
-    efficientdet.add_argument(
-        "--backend",
-        choices=("torch", "onnx", "both"),
-        default="both",
-        help="what the archive carries: torch weights, the ONNX export, or both (default: both; "
-        "SMVISION_RUNTIME picks at load)",
-    )
-    efficientdet.add_argument("--output", required=True, help="where to write model.tar.gz")
-    efficientdet.set_defaults(run=_build_efficientdet)
-
-    sam_help = {
-        "sam-encode": "SAM image encoder (torch): images -> embeddings",
-        "sam-decode": "SAM prompt encoder + mask decoder (ONNX Runtime): embedding + prompts -> masks",
-        "sam": "SAM in one call: image + prompts -> masks, with an embedding cache",
-    }
-    for kind, text in sam_help.items():
-        _add_sam_arguments(kinds.add_parser(kind, help=text), kind, "where to write model.tar.gz").set_defaults(run=_build_sam)
-
-    # archive mar: the same SAM payload and code/ as a TorchServe .mar (the seed's format)
+    # one sub-command per kind, from the registry; its row names the builder whose arguments it takes
     mar = archive_commands.add_parser("mar", help="build a SAM TorchServe .mar (sam_<type>_<kind>.mar)")
     mar_kinds = mar.add_subparsers(dest="kind", required=True)
-    for kind, text in sam_help.items():
-        sam = mar_kinds.add_parser(kind, help=text)
-        _add_sam_arguments(sam, kind, "folder to write sam_<type>_<kind>.mar into").set_defaults(run=_build_mar)
+    for kind in KINDS.values():
+        if kind.builder == "efficientdet":
+            _add_efficientdet_arguments(kinds.add_parser(kind.name, help=kind.help)).set_defaults(run=_build_efficientdet)
+        elif kind.builder == "sam":
+            sub = kinds.add_parser(kind.name, help=kind.help)
+            _add_sam_arguments(sub, kind.name, "where to write model.tar.gz").set_defaults(run=_build_sam)
+            # archive mar: the same SAM payload and code/ as a TorchServe .mar (the seed's format)
+            sub = mar_kinds.add_parser(kind.name, help=kind.help)
+            _add_sam_arguments(sub, kind.name, "folder to write sam_<type>_<kind>.mar into").set_defaults(run=_build_mar)
 
     serve = commands.add_parser("serve", help="serve an extracted archive on the SageMaker contract")
     serve.add_argument("--model-dir", help="extracted archive (default $SAGEMAKER_BASE_DIR/model)")

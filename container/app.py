@@ -60,7 +60,8 @@ from smvision.container.logs import MODEL_LOADED
 from smvision.container.handler import Handler
 from smvision.container.settings import ENV_DRAIN, ENV_STUCK_AFTER, Settings
 from smvision.quoting import clean, quote
-from smvision.threads import THREADS_ENV, WORKERS_ENV, cpu_count, threads_per_worker
+from smvision.settings import RuntimeSettings
+from smvision.threads import use_threads
 
 log = logging.getLogger("smvision.container")
 
@@ -273,7 +274,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     state = _ModelState()
     limit = settings.max_payload_bytes
     timeout = settings.timeout_s
-    threads, threads_from = compute_threads()
     pool_box: list[HandlerPool] = []
     pending: set[Call] = set()  # requests waiting for an answer
     drain: dict[str, Any] = {"until": None}
@@ -281,12 +281,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     def load(loop: asyncio.AbstractEventLoop, loaded: asyncio.Future) -> None:
         started = time.perf_counter()
         log.info("loading %s from %s", settings.program, settings.model_dir)
-        log.info("%d compute thread(s) per worker (%s)", threads, threads_from)
-        # Torch reads OMP_NUM_THREADS when it is first imported (by the entry script, now).
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        runtime = RuntimeSettings.from_env()  # checked at start (serve.check)
+        # before model_fn: torch reads OMP_NUM_THREADS when the entry script imports it;
+        # after: torch.set_num_threads on this (the handler) thread, if it is imported now
+        use_threads(runtime)
         try:
             handler.load()
-            set_torch_threads(threads)
+            use_threads(runtime)
         except BaseException as exc:  # noqa: BLE001 - reported through /ping and the log
             reason = f"{type(exc).__name__}: {exc}"
             for path in {settings.model_dir, os.path.realpath(settings.model_dir)}:
@@ -473,23 +474,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.model_state = state
     return AccessLog(app)  # type: ignore[return-value]
-
-
-def compute_threads() -> tuple[int, str]:
-    """Compute threads for this worker and where the number comes from (for the log)."""
-    threads = threads_per_worker()
-    for name in (THREADS_ENV, "OMP_NUM_THREADS"):
-        if (os.environ.get(name) or "").strip():
-            return threads, f"{name}={os.environ[name].strip()}"
-    workers = os.environ.get(WORKERS_ENV, "").strip() or "1"
-    return threads, f"{cpu_count()} cores // {workers} worker(s)"
-
-
-def set_torch_threads(threads: int) -> None:
-    """torch.set_num_threads on this (the handler) thread, if the entry script uses torch."""
-    torch = sys.modules.get("torch")
-    if torch is not None and hasattr(torch, "set_num_threads"):
-        torch.set_num_threads(threads)
 
 
 _TOKEN = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]")

@@ -27,7 +27,7 @@ from smvision.container.settings import (
     Settings,
     SettingsError,
 )
-from smvision.threads import threads_per_worker
+from smvision.settings import RuntimeSettings
 
 log = logging.getLogger("smvision.container")
 
@@ -66,10 +66,11 @@ def log_config(level: str) -> dict:
 
 
 def check(settings: Settings) -> None:
-    """Refuse to start on a model dir or entry script that is not there, or a thread
-    count (SMVISION_THREADS, OMP_NUM_THREADS) that is not a positive integer."""
+    """Refuse to start on a model dir or entry script that is not there, or a runtime
+    setting (smvision.settings: SMVISION_THREADS, OMP_NUM_THREADS, thresholds, ...) whose
+    value cannot be used."""
     try:
-        threads_per_worker()
+        RuntimeSettings.from_env()
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     if not os.path.isdir(settings.model_dir):

@@ -176,10 +176,11 @@ def test_oversized_body_is_413(d0_server):
 
 def test_allowed_buckets_are_enforced(s3_endpoint, photos, monkeypatch):
     from smvision.errors import InferenceError
-    from smvision.s3 import S3Reader, allowed_buckets_from_env
+    from smvision.s3 import S3Reader
+    from smvision.settings import RuntimeSettings
 
     monkeypatch.setenv("SMVISION_ALLOWED_BUCKETS", f"{BUCKET}, other")
-    reader = S3Reader(allowed_buckets_from_env())
+    reader = S3Reader(RuntimeSettings.from_env().allowed_buckets)
     assert reader.read(BUCKET, "rocket.jpg") == photos["rocket.jpg"]
     with pytest.raises(InferenceError) as caught:
         reader.read("secret-bucket", "k")

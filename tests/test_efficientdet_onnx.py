@@ -30,7 +30,8 @@ from smvision.models.efficientdet.postprocess import postprocess
 from smvision.models.efficientdet.postprocess_numpy import AnchorArrays, postprocess_numpy
 from smvision.models.efficientdet.preprocess import preprocess
 from smvision.models.efficientdet.resize import Resized, preprocess_numpy, resized_size
-from smvision.models.efficientdet.serving import RUNTIME_ENV, batch_size, choose_runtime
+from smvision.kinds.efficientdet_runtime import RUNTIME_ENV, batch_size, choose_runtime
+from smvision.settings import RuntimeSettings
 from support import PYTHON, skimage_photo, spread_scores_d0
 from test_efficientdet_model import MEAN, STD, _gap_threshold, _hand_case, zylo117_keys
 
@@ -244,29 +245,30 @@ def _manifest(weights: str | None, onnx: str | None) -> Manifest:
 
 
 def test_runtime_choice_and_clear_errors(tmp_path, monkeypatch):
-    monkeypatch.setattr("smvision.models.efficientdet.serving.gpu_present", lambda: False)
+    monkeypatch.setattr("smvision.kinds.efficientdet_runtime.gpu_present", lambda: False)
     both, torch_only, onnx_only = _manifest("model.pth", "model.onnx"), _manifest("model.pth", None), _manifest(None, "model.onnx")
-    assert choose_runtime(both, tmp_path, {}) == "onnx"  # auto on CPU
-    assert choose_runtime(both, tmp_path, {RUNTIME_ENV: "torch"}) == "torch"
-    assert choose_runtime(torch_only, tmp_path, {RUNTIME_ENV: "auto"}) == "torch"
-    assert choose_runtime(onnx_only, tmp_path, {}) == "onnx"
+    assert choose_runtime(both, tmp_path, RuntimeSettings.from_env({})) == "onnx"  # auto on CPU
+    assert choose_runtime(both, tmp_path, RuntimeSettings.from_env({RUNTIME_ENV: "torch"})) == "torch"
+    assert choose_runtime(torch_only, tmp_path, RuntimeSettings.from_env({RUNTIME_ENV: "auto"})) == "torch"
+    assert choose_runtime(onnx_only, tmp_path, RuntimeSettings.from_env({})) == "onnx"
     with pytest.raises(ArchiveError, match="SMVISION_RUNTIME=onnx but the archive .* has no ONNX export.*--backend onnx"):
-        choose_runtime(torch_only, tmp_path, {RUNTIME_ENV: "onnx"})
+        choose_runtime(torch_only, tmp_path, RuntimeSettings.from_env({RUNTIME_ENV: "onnx"}))
     with pytest.raises(ArchiveError, match="SMVISION_RUNTIME=torch but the archive .* has no torch weights"):
-        choose_runtime(onnx_only, tmp_path, {RUNTIME_ENV: "torch"})
-    with pytest.raises(ArchiveError, match="SMVISION_RUNTIME='tensorrt': use one of auto, onnx, torch"):
-        choose_runtime(both, tmp_path, {RUNTIME_ENV: "tensorrt"})
-    monkeypatch.setattr("smvision.models.efficientdet.serving.gpu_present", lambda: True)
-    assert choose_runtime(both, tmp_path, {}) == "torch"  # auto on a GPU
-    assert choose_runtime(onnx_only, tmp_path, {}) == "onnx"
+        choose_runtime(onnx_only, tmp_path, RuntimeSettings.from_env({RUNTIME_ENV: "torch"}))
+    # a bad value is refused when the settings are read, once, before any archive is looked at
+    with pytest.raises(ValueError, match="SMVISION_RUNTIME='tensorrt': use one of auto, onnx, torch"):
+        choose_runtime(both, tmp_path, RuntimeSettings.from_env({RUNTIME_ENV: "tensorrt"}))
+    monkeypatch.setattr("smvision.kinds.efficientdet_runtime.gpu_present", lambda: True)
+    assert choose_runtime(both, tmp_path, RuntimeSettings.from_env({})) == "torch"  # auto on a GPU
+    assert choose_runtime(onnx_only, tmp_path, RuntimeSettings.from_env({})) == "onnx"
 
 
 def test_batch_size_follows_the_device_unless_set(detectors):
     torch_detector, onnx_detector = detectors
-    assert batch_size(onnx_detector, {}) == 1 and batch_size(torch_detector, {}) == 1  # CPU
-    assert batch_size(onnx_detector, {"SMVISION_BATCH_SIZE": "4"}) == 4
+    assert batch_size(onnx_detector, RuntimeSettings.from_env({})) == 1 and batch_size(torch_detector, RuntimeSettings.from_env({})) == 1  # CPU
+    assert batch_size(onnx_detector, RuntimeSettings.from_env({"SMVISION_BATCH_SIZE": "4"})) == 4
     with pytest.raises(ValueError, match="SMVISION_BATCH_SIZE"):
-        batch_size(onnx_detector, {"SMVISION_BATCH_SIZE": "0"})
+        batch_size(onnx_detector, RuntimeSettings.from_env({"SMVISION_BATCH_SIZE": "0"}))
 
 
 # --------------------------------------------------------------------------------------
@@ -292,9 +294,8 @@ def test_onnx_only_archive_serves_without_importing_torch(onnx_only_model_dir, p
         f"sys.path.insert(0, {str(onnx_only_model_dir / 'code')!r})\n"
         "import inference\n"
         f"model = inference.model_fn({str(onnx_only_model_dir)!r})\n"
-        "from smvision.records import parse_request\n"
-        f"request = parse_request(open({str(skimage_photo('rocket.jpg'))!r}, 'rb').read(), 'image/jpeg')\n"
-        "results = inference.predict_fn(request, model).results.items\n"
+        f"body = inference.input_fn(open({str(skimage_photo('rocket.jpg'))!r}, 'rb').read(), 'image/jpeg')\n"
+        "results = inference.predict_fn(body, model).results.items\n"
         "assert results[0]['image_size'] == [640, 427], results\n"
         "print(model.detector.runtime, model.batch_size, 'torch' in sys.modules, 'torchvision' in sys.modules)\n"
     )

@@ -123,17 +123,15 @@ def test_a_request_past_its_deadline_reads_nothing_more():
     ("application/jsonlines", "\n".join(json.dumps({"bucket": "b", "key": f"{i}"}) for i in range(4))),
     ("application/json", json.dumps([{"bucket": "b", "key": f"{i}"} for i in range(4)])),
 ])
-def test_more_records_than_the_cap_is_413_naming_the_setting(monkeypatch, content_type, body):
-    monkeypatch.setenv("SMVISION_MAX_RECORDS", "3")
-    error = error_of(parse_request, body, content_type)
+def test_more_records_than_the_cap_is_413_naming_the_setting(content_type, body):
+    # the cap is SMVISION_MAX_RECORDS, read once into the model's settings
+    error = error_of(parse_request, body, content_type, 3)
     assert error.status_code == 413
     assert "SMVISION_MAX_RECORDS" in error.message and "3" in error.message
-    monkeypatch.setenv("SMVISION_MAX_RECORDS", "4")
     if content_type == "text/csv":  # the cap was found before the bad 5th line was parsed
-        monkeypatch.setenv("SMVISION_MAX_RECORDS", "5")
-        assert error_of(parse_request, body, content_type).status_code == 400
+        assert error_of(parse_request, body, content_type, 5).status_code == 400
     else:
-        assert len(parse_request(body, content_type).records) == 4
+        assert len(parse_request(body, content_type, 4).records) == 4
 
 
 def test_default_record_cap():

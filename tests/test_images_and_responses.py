@@ -11,7 +11,8 @@ from PIL import Image
 
 from smvision.errors import InferenceError
 from smvision.images import decode_image
-from smvision.responses import choose_accept, encode_results
+from smvision.kinds import KINDS
+from smvision.responses import Results
 from support import skimage_photo
 
 
@@ -55,6 +56,15 @@ def test_truncated_and_garbage_are_400():
             decode_image(data, "rec")
         assert caught.value.status_code == 400
         assert words in caught.value.message
+
+
+#: what every kind answers: JSON and JSON lines (EfficientDet's row)
+ANSWERS = KINDS["efficientdet"].media
+choose_accept = ANSWERS.choose_accept
+
+
+def encode_results(results, is_list, accept):
+    return ANSWERS.encode(Results(results, is_list), accept)
 
 
 def test_accept_negotiation():

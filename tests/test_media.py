@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from smvision.errors import InferenceError
-from smvision.kinds import BASE_MEDIA
+from smvision.kinds import KINDS
 from smvision.media import NPY, MediaTable, canonical, media_type
 from smvision.responses import Results
+
+#: what the image kinds take and every kind answers (EfficientDet's row)
+BASE_MEDIA = KINDS["efficientdet"].media
 
 
 def test_media_type_and_aliases():
@@ -33,7 +36,7 @@ def test_supported_lists_come_from_the_table():
 def test_unknown_types_are_415_and_406_naming_what_the_table_holds():
     narrow = BASE_MEDIA.narrow(content_types=["application/json"])
     with pytest.raises(InferenceError) as caught:
-        narrow.parse("a/b.jpg", "text/csv")
+        narrow.parse("a/b.jpg", "text/csv", 256)
     assert caught.value.status_code == 415 and "use one of: application/json" in caught.value.message
     with pytest.raises(InferenceError) as caught:
         BASE_MEDIA.encode(Results([{}], False), "application/x-npy")

@@ -122,9 +122,3 @@ def test_a_record_without_an_image_is_the_kinds_to_refuse():
     with pytest.raises(InferenceError) as caught:
         require_image(record)
     assert caught.value.status_code == 400 and "names no image" in caught.value.message
-
-
-def test_request_remembers_its_canonical_media_type():
-    assert parse_request('{"image": "aGk="}', "application/json; charset=utf-8").media_type == "application/json"
-    assert parse_request('{"image": "aGk="}\n', "application/x-jsonlines").media_type == "application/jsonlines"
-    assert parse_request(b"x", "image/png").media_type == "image/png"

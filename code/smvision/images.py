@@ -22,9 +22,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from smvision import inflight
 from smvision.errors import InferenceError, bad_request, too_large
-from smvision.params import env_int
 from smvision.records import ImageSource, Record, require_image
-from smvision.s3 import S3Reader, allowed_buckets_from_env
+from smvision.s3 import S3Reader
 
 MAX_PIXELS_ENV = "SMVISION_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 50_000_000  # a 50-megapixel photo decodes to 150 MB of RGB
@@ -78,9 +77,9 @@ def s3_identity(bucket: str, key: str, etag: str) -> str:
 class ImageLoader:
     """Fetches and decodes the images of a batch of records, concurrently."""
 
-    def __init__(self, reader: S3Reader | None = None, max_pixels: int | None = None, threads: int = 8) -> None:
-        self.reader = reader or S3Reader(allowed_buckets_from_env())
-        self.max_pixels = max_pixels or env_int(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS, 1, 10**12)
+    def __init__(self, reader: S3Reader | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, threads: int = 8) -> None:
+        self.reader = reader or S3Reader()
+        self.max_pixels = max_pixels
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="smvision-images")
 
     def load(self, record: Record, request: inflight.Inflight | None = None) -> np.ndarray:

@@ -3,9 +3,10 @@
 Shaped like the SageMaker inference toolkit's content_types / decoder / encoder maps: a
 media type names the function that parses a body of that type (into records) or encodes
 results as that type, and the supported lists a 415 or 406 names are derived from the
-table, never kept beside it. records.py and responses.py hold the entries every model
-kind takes; a kind extends (or narrows) the table with its own, e.g. sam-encode answers
-`application/x-npy`, sam-decode takes JSON only.
+table, never kept beside it. records.py holds every parser (PARSERS) and responses.py
+every encoder (ENCODERS); each model kind's row (smvision.kinds) picks the types it takes
+and answers, e.g. sam-encode also answers `application/x-npy`, sam-decode takes JSON and
+`application/x-npz` but no images.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ PNG = "image/png"
 TIFF = "image/tiff"
 X_IMAGE = "application/x-image"
 IMAGE_TYPES = (JPEG, PNG, TIFF, X_IMAGE)
+#: the bodies that name images: what every image-taking kind takes
+IMAGE_RECORDS = (JSON, JSONLINES, CSV, *IMAGE_TYPES)
 
 #: other names clients use for the same type -> the name this table knows it by
 ALIASES = {
@@ -34,8 +37,9 @@ ALIASES = {
 #: Accept values that leave the choice to us (the table's default_accept)
 WILDCARDS = ("*/*", "application/*")
 
-#: parser(body, media type) -> parsed request; body is str for text types under the toolkit
-Parser = Callable[[Any, str], Any]
+#: parser(body, media type, most records) -> parsed request; body is str for text types
+#: under the toolkit
+Parser = Callable[[Any, str, int], Any]
 #: encoder(prediction) -> response body
 Encoder = Callable[[Any], bytes]
 
@@ -86,9 +90,10 @@ class MediaTable:
             raise unsupported_content_type(content_type or "(none)", self.content_types)
         return parser
 
-    def parse(self, body: Any, content_type: str | None) -> Any:
-        """Parse body with the parser for its Content-Type (415 if there is none)."""
-        return self.parser(content_type)(body, canonical(content_type))
+    def parse(self, body: Any, content_type: str | None, max_records: int) -> Any:
+        """Parse body with the parser for its Content-Type (415 if there is none); more than
+        max_records records is a 413."""
+        return self.parser(content_type)(body, canonical(content_type), max_records)
 
     def choose_accept(self, accept: str | None) -> str:
         """The first type in an Accept header this table encodes ('*/*' and none mean the

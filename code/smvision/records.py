@@ -3,8 +3,9 @@
 A record is an image source (an S3 object, or inline bytes) plus the caller's
 parameters for it. Parameters are checked by the model kind, which knows their names;
 so is whether a record must name an image at all (sam-decode's records carry an image
-embedding as a parameter instead). RECORD_PARSERS is this module's part of the media
-table (smvision.media).
+embedding as a parameter instead). PARSERS is every parser by media type; each kind's
+row (smvision.kinds) picks those it takes, and the most records a request may hold comes
+from the settings the model was loaded with.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from smvision.errors import InferenceError, bad_request, too_large
 from smvision.media import CSV, IMAGE_TYPES, JSON, JSONLINES, NPZ, MediaTable, media_type  # noqa: F401 (media_type: re-export)
-from smvision.params import env_int
 from smvision.quoting import quote
 
 #: JSON fields that name the image; every other field is a parameter.
@@ -74,49 +74,50 @@ class Request:
 
     records: list[Record]
     is_list: bool
-    media_type: str = JSON  # the body's (canonical) Content-Type, for kinds that take fewer types
 
 
-def parse_request(body: bytes | str, content_type: str | None) -> Request:
-    """Turn a request body into records, or raise a 400/415 InferenceError."""
-    return REQUESTS.parse(body, content_type)
+def parse_request(body: bytes | str, content_type: str | None, max_records: int = DEFAULT_MAX_RECORDS) -> Request:
+    """Turn a request body of any record format (PARSERS) into records, or raise a
+    400/413/415 InferenceError. A served model parses with its kind's own table instead
+    (smvision.kinds.parse_for)."""
+    return ALL_RECORDS.parse(body, content_type, max_records)
 
 
-def parse_image_body(body: bytes | str, kind: str) -> Request:
+def parse_image_body(body: bytes | str, kind: str, max_records: int) -> Request:
     """A raw image body: one record with inline bytes."""
     data = body.encode("latin-1") if isinstance(body, str) else bytes(body)
     if not data:
         raise bad_request("the request body is empty; send the image bytes")
-    return Request([Record(0, ImageSource(data=data), {})], is_list=False, media_type=kind)
+    return Request([Record(0, ImageSource(data=data), {})], is_list=False)
 
 
-def parse_csv_body(body: bytes | str, kind: str) -> Request:
+def parse_csv_body(body: bytes | str, kind: str, max_records: int) -> Request:
     """CSV: one S3 reference per line (the first column)."""
-    records = [_csv_record(i, row) for i, row in enumerate(_capped(_csv_rows(_text(body)), max_records()))]
-    return _request(records, True, kind)
+    records = [_csv_record(i, row) for i, row in enumerate(_capped(_csv_rows(_text(body)), max_records))]
+    return _request(records, True)
 
 
-def parse_jsonlines_body(body: bytes | str, kind: str) -> Request:
+def parse_jsonlines_body(body: bytes | str, kind: str, max_records: int) -> Request:
     """JSON lines: one record object per line."""
-    lines = _capped(_lines(_text(body)), max_records())
+    lines = _capped(_lines(_text(body)), max_records)
     records = [_json_record(i, _load_json(line, f"line {i + 1}")) for i, line in enumerate(lines)]
-    return _request(records, True, kind)
+    return _request(records, True)
 
 
-def parse_json_body(body: bytes | str, kind: str) -> Request:
+def parse_json_body(body: bytes | str, kind: str, max_records: int) -> Request:
     """JSON: one record object, or an array of them."""
     document = _load_json(_text(body), "the body")
     is_list = isinstance(document, list)
     items = document if is_list else [document]
-    records = [_json_record(i, item) for i, item in enumerate(_capped(items, max_records()))]
-    return _request(records, is_list, kind)
+    records = [_json_record(i, item) for i, item in enumerate(_capped(items, max_records))]
+    return _request(records, is_list)
 
 
 #: the most bytes an .npz body's arrays may unpack to (savez_compressed could hide more)
 MAX_NPZ_BYTES = 64 * 1024 * 1024
 
 
-def parse_npz_body(body: bytes | str, kind: str) -> Request:
+def parse_npz_body(body: bytes | str, kind: str, max_records: int) -> Request:
     """An .npz body (numpy.savez): one record whose parameters are its arrays, by name.
     Arrays of 3 or more dimensions (an embedding, a mask) stay arrays; the rest become
     what JSON would give (0-d arrays numbers or strings, others lists). No pickles."""
@@ -138,7 +139,7 @@ def parse_npz_body(body: bytes | str, kind: str) -> Request:
         raise bad_request(f"the body is not an .npz of plain arrays (numpy.savez): {quote(str(exc))}") from None
     if not params:
         raise bad_request("the .npz body holds no arrays")
-    return Request([Record(0, None, params)], is_list=False, media_type=kind)
+    return Request([Record(0, None, params)], is_list=False)
 
 
 def _zip_member(archive: Any, member: Any, data: bytes) -> bytes | memoryview:
@@ -160,21 +161,22 @@ def _zip_member(archive: Any, member: Any, data: bytes) -> bytes | memoryview:
     return memoryview(data)[start : start + member.file_size]
 
 
-def _request(records: list[Record], is_list: bool, kind: str) -> Request:
+def _request(records: list[Record], is_list: bool) -> Request:
     if not records:
         raise bad_request("the request holds no records")
-    return Request(records, is_list=is_list, media_type=kind)
+    return Request(records, is_list=is_list)
 
 
-#: Content-Type -> parser: the record formats every kind shares (README, "Requests")
-RECORD_PARSERS = {
+#: Content-Type -> parser, for every record format (README, "Requests"); each kind's row
+#: picks the ones it takes
+PARSERS = {
     JSON: parse_json_body,
     JSONLINES: parse_jsonlines_body,
     CSV: parse_csv_body,
     **{kind: parse_image_body for kind in IMAGE_TYPES},
+    NPZ: parse_npz_body,
 }
-#: parse_request also reads .npz bodies; only the kinds whose media add NPZ take them
-REQUESTS = MediaTable(parsers={**RECORD_PARSERS, NPZ: parse_npz_body})
+ALL_RECORDS = MediaTable(parsers=PARSERS)
 
 
 def require_image(record: Record) -> ImageSource:
@@ -184,11 +186,6 @@ def require_image(record: Record) -> ImageSource:
             f"record {record.index} names no image: give 'bucket' and 'key', 's3_uri', or 'image' (base64)"
         )
     return record.source
-
-
-def max_records() -> int:
-    """SMVISION_MAX_RECORDS (default 256): the most records one request may hold."""
-    return env_int(MAX_RECORDS_ENV, DEFAULT_MAX_RECORDS, 1, 10_000_000)
 
 
 def _capped(items: Iterable[Any], limit: int) -> Iterator[Any]:

@@ -1,8 +1,8 @@
 """Results -> response body for the caller's Accept type.
 
-RESULT_ENCODERS is this module's part of the media table (smvision.media): JSON and JSON
-lines, which every kind answers. In JSON, a numpy array in a result (a SAM embedding, a
-mask as `npy`, low-res logits) is written as base64 of its .npy bytes.
+ENCODERS is every encoder by media type (smvision.media); each kind's row (smvision.kinds)
+picks those it answers. In JSON, a numpy array in a result (a SAM embedding, a mask as
+`npy`, low-res logits) is written as base64 of its .npy bytes.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from smvision.media import JSON, JSONLINES, MediaTable
-from smvision.npy import npy_base64
+from smvision.errors import InferenceError
+from smvision.media import JSON, JSONLINES, NPY
+from smvision.npy import npy_base64, npy_bytes
 
 
 @dataclass(frozen=True)
@@ -53,19 +54,17 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-#: Accept type -> encoder: what every kind answers
-RESULT_ENCODERS = {JSON: encode_json, JSONLINES: encode_jsonlines}
-ANSWERS = MediaTable(encoders=RESULT_ENCODERS)
-SUPPORTED_ACCEPTS = ANSWERS.accepts
+def encode_npy(results: Results) -> bytes:
+    """application/x-npy: the .npy bytes of the one record's `embedding` (sam-encode)."""
+    if len(results.items) != 1:
+        raise InferenceError(
+            406, f"application/x-npy answers one record; this request has {len(results.items)}: accept application/json"
+        )
+    embedding = results.items[0].get("embedding")
+    if embedding is None:
+        raise InferenceError(406, "the embedding was written to output_s3_uri: accept application/json for its URI")
+    return npy_bytes(embedding)
 
 
-def choose_accept(accept: str | None) -> str:
-    """The first supported type in an Accept header ('*/*' and none mean JSON); else 406."""
-    return ANSWERS.choose_accept(accept)
-
-
-def encode_results(
-    results: Sequence[dict[str, Any]], is_list: bool, accept: str | None, media: MediaTable = ANSWERS
-) -> tuple[bytes, str]:
-    """(body, content type) of results for the Accept type, with media's encoders."""
-    return media.encode(Results(results, is_list), accept)
+#: Accept type -> encoder, for every answer format; each kind's row picks the ones it answers
+ENCODERS = {JSON: encode_json, JSONLINES: encode_jsonlines, NPY: encode_npy}

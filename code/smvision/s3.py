@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -31,13 +30,6 @@ log = logging.getLogger("smvision")
 _LADDER = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
 #: Outside a request (a script, the AWS toolkit): connect, read, attempts.
 UNBOUNDED_BUDGET = (5.0, 30.0, 3)
-
-
-def allowed_buckets_from_env() -> frozenset[str] | None:
-    """SMVISION_ALLOWED_BUCKETS='a,b' -> {'a', 'b'}; unset or empty -> None (any bucket)."""
-    raw = os.environ.get(ALLOWED_BUCKETS_ENV, "")
-    names = frozenset(name.strip() for name in raw.split(",") if name.strip())
-    return names or None
 
 
 def _floor(seconds: float) -> float:

@@ -1,13 +1,9 @@
 """The EfficientDet kind: records -> images -> batched detection -> results.
 
-Environment (read once at load):
-  EFFICIENTDET_COMPOUND_COEF  0-8; if set, must match the archive (a guard, not a switch)
-  DEFAULT_PRED_THRESHOLD      score threshold when a request gives none (0.2)
-  DEFAULT_IOU_THRESHOLD       NMS IoU threshold when a request gives none (0.2)
-  DEFAULT_MAX_DETECTIONS      most detections per image when a request gives none (100)
-  USE_FLOAT16                 half precision on a GPU (ignored on CPU)
-  SMVISION_RUNTIME            auto | onnx | torch (auto: ONNX Runtime on CPU, torch on a GPU)
-  SMVISION_BATCH_SIZE         images per forward pass (CPU 1, GPU 8)
+Settings (smvision.settings, read once at load): EFFICIENTDET_COMPOUND_COEF (if set, must
+match the archive: a guard, not a switch), DEFAULT_PRED_THRESHOLD / DEFAULT_IOU_THRESHOLD /
+DEFAULT_MAX_DETECTIONS (when a record gives none), USE_FLOAT16 (a GPU only),
+SMVISION_RUNTIME and SMVISION_BATCH_SIZE (smvision.kinds.efficientdet_runtime).
 """
 
 from __future__ import annotations
@@ -24,9 +20,11 @@ from smvision.errors import bad_request
 from smvision.images import ImageLoader
 from smvision.inflight import check_deadline
 from smvision.manifest import ArchiveError, Manifest
-from smvision.params import check_known, env_flag, env_int, env_unit_interval, unit_interval
+from smvision.params import check_known, unit_interval
 from smvision.quoting import quote
 from smvision.records import Record, Request
+from smvision.s3 import S3Reader
+from smvision.settings import RuntimeSettings
 
 log = logging.getLogger("smvision")
 
@@ -47,7 +45,18 @@ class Thresholds:
 class EfficientDetModel:
     """A loaded detector plus its class names, default thresholds and image loader."""
 
-    def __init__(self, detector: Any, classes: list[str], defaults: Thresholds, loader: ImageLoader, batch_size: int) -> None:
+    kind = "efficientdet"
+
+    def __init__(
+        self,
+        detector: Any,
+        classes: list[str],
+        defaults: Thresholds,
+        loader: ImageLoader,
+        batch_size: int,
+        settings: RuntimeSettings,
+    ) -> None:
+        self.settings = settings
         self.detector = detector
         self.classes = classes
         self.defaults = defaults
@@ -122,28 +131,23 @@ def max_detections(value: Any, where: str) -> int:
     return int(value)
 
 
-def load(model_dir: Path, manifest: Manifest) -> EfficientDetModel:
-    """Build the detector from the archive, check it against the environment, warm it up."""
+def load(model_dir: Path, manifest: Manifest, settings: RuntimeSettings) -> EfficientDetModel:
+    """Build the detector from the archive, check it against the settings, warm it up."""
+    from smvision.kinds.efficientdet_runtime import batch_size, detector_device, load_detector
     from smvision.models.efficientdet.config import EfficientDetConfig
-    from smvision.models.efficientdet.serving import batch_size, detector_device, load_detector
 
     config = EfficientDetConfig.from_dict(manifest.config)
-    wanted = env_int("EFFICIENTDET_COMPOUND_COEF", config.compound_coef, 0, 8)
-    if wanted != config.compound_coef:
+    if settings.compound_coef is not None and settings.compound_coef != config.compound_coef:
         raise ArchiveError(
-            f"EFFICIENTDET_COMPOUND_COEF={wanted} but the archive at {model_dir} holds "
+            f"EFFICIENTDET_COMPOUND_COEF={settings.compound_coef} but the archive at {model_dir} holds "
             f"D{config.compound_coef}; rebuild the archive or unset the variable"
         )
     classes = json.loads((model_dir / CLASSES_FILE).read_text())
     if len(classes) != config.num_classes:
         raise ArchiveError(f"{CLASSES_FILE} names {len(classes)} classes; the model has {config.num_classes}")
-    detector = load_detector(model_dir, manifest, config, float16=env_flag("USE_FLOAT16"))
+    detector = load_detector(model_dir, manifest, config, settings)
     device = f"{detector_device(detector)} ({detector.runtime})"
-    defaults = Thresholds(
-        pred=env_unit_interval("DEFAULT_PRED_THRESHOLD", 0.2),
-        iou=env_unit_interval("DEFAULT_IOU_THRESHOLD", 0.2),
-        max_detections=env_int("DEFAULT_MAX_DETECTIONS", DEFAULT_MAX_DETECTIONS, 1, MAX_DETECTIONS_LIMIT),
-    )
+    defaults = Thresholds(settings.pred_threshold, settings.iou_threshold, settings.max_detections)
     detector.warm_up()
     log.info(
         "EfficientDet D%d loaded on %s (%d classes, thresholds %.2f/%.2f, at most %d detections)",
@@ -154,4 +158,5 @@ def load(model_dir: Path, manifest: Manifest) -> EfficientDetModel:
         defaults.iou,
         defaults.max_detections,
     )
-    return EfficientDetModel(detector, classes, defaults, ImageLoader(), batch_size(detector))
+    loader = ImageLoader(S3Reader(settings.allowed_buckets), settings.max_image_pixels)
+    return EfficientDetModel(detector, classes, defaults, loader, batch_size(detector, settings), settings)

@@ -16,9 +16,8 @@ encoding shows as the `encode` stage of Server-Timing, absent on a hit. "mode":
 "everything" answers every mask of the image instead, as SamAutomaticMaskGenerator does
 (smvision.kinds.sam_everything; its crops are encoded too).
 
-Environment (read once at load):
-  SAM_EMBEDDING_CACHE_SIZE  embeddings kept (32; about 4 MB each; 0 turns the cache off)
-  SAM_ENCODER_PRECISION     as for sam-encode
+Settings (smvision.settings, read once at load): SAM_EMBEDDING_CACHE_SIZE embeddings kept
+(32; about 4 MB each; 0 turns the cache off); SAM_ENCODER_PRECISION as for sam-encode.
 """
 
 from __future__ import annotations
@@ -32,26 +31,30 @@ from smvision.errors import bad_request
 from smvision.geo import read_georef
 from smvision.images import ImageLoader
 from smvision.inflight import check_deadline, stage
-from smvision.kinds import BASE_MEDIA
 from smvision.kinds.sam_everything import EVERYTHING_KEYS, Everything, is_everything, load_everything
 from smvision.kinds.sam_decode import answer, geojson_options, load_decoder
-from smvision.kinds.sam_encode import load_encoder
+from smvision.kinds.sam_encode import image_loader, load_encoder
 from smvision.manifest import Manifest
-from smvision.params import check_known, env_int
+from smvision.params import check_known
 from smvision.records import Record, Request, require_image
-
-CACHE_SIZE_ENV = "SAM_EMBEDDING_CACHE_SIZE"
-DEFAULT_CACHE_SIZE = 32
+from smvision.settings import RuntimeSettings
 
 
 class SamModel:
     """Image encoder, embedding cache and ONNX decoder, loaded once."""
 
-    media = BASE_MEDIA
+    kind = "sam"
 
     def __init__(
-        self, encoder: Any, decoder: Any, loader: ImageLoader, cache: LruCache, everything: Everything | None = None
+        self,
+        encoder: Any,
+        decoder: Any,
+        loader: ImageLoader,
+        cache: LruCache,
+        settings: RuntimeSettings,
+        everything: Everything | None = None,
     ) -> None:
+        self.settings = settings
         self.encoder = encoder
         self.decoder = decoder
         self.loader = loader
@@ -164,13 +167,13 @@ class SamModel:
         return prompts
 
 
-def load(model_dir: Path, manifest: Manifest) -> SamModel:
+def load(model_dir: Path, manifest: Manifest, settings: RuntimeSettings) -> SamModel:
     """Encoder and decoder from the archive, both warmed up, and an empty cache."""
-    cache = LruCache(env_int(CACHE_SIZE_ENV, DEFAULT_CACHE_SIZE, 0, 100_000))
     return SamModel(
-        load_encoder(model_dir, manifest),
-        load_decoder(model_dir, manifest),
-        ImageLoader(),
-        cache,
-        load_everything(model_dir, manifest),
+        load_encoder(model_dir, manifest, settings),
+        load_decoder(model_dir, manifest, settings),
+        image_loader(settings),
+        LruCache(settings.embedding_cache_size),
+        settings,
+        load_everything(model_dir, manifest, settings),
     )

@@ -31,31 +31,22 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from smvision.artifacts import DECODER
 from smvision.errors import InferenceError, bad_request, too_large
-from smvision.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
+from smvision.images import MAX_PIXELS_ENV
 from smvision.inflight import check_deadline, stage
-from smvision.kinds import BASE_MEDIA
 from smvision.kinds.sam_everything import EVERYTHING_KEYS, Everything, EverythingRequest, is_everything, load_everything
 from smvision.manifest import Manifest
-from smvision.media import JSON, JSONLINES, NPZ, MediaTable
 from smvision.models.sam.build import EMBEDDING_SHAPE
 from smvision.npy import load_npy, load_npy_base64
-from smvision.params import check_known, env_int
-from smvision.records import Record, Request, parse_npz_body, parse_s3_reference
-from smvision.s3 import S3Reader, allowed_buckets_from_env
+from smvision.params import check_known
+from smvision.records import Record, Request, parse_s3_reference
+from smvision.s3 import S3Reader
+from smvision.settings import RuntimeSettings
 
 log = logging.getLogger("smvision")
 
 EMBEDDING_DTYPES = (np.float32, np.float16)
-
-#: sam-decode's records are JSON objects (an embedding is no image): JSON and JSON lines,
-#: or one record's arrays as an .npz
-MEDIA = BASE_MEDIA.narrow(content_types=[JSON, JSONLINES]).extend(parsers={NPZ: parse_npz_body})
-
-
-def check_content_type(media: MediaTable, request: Request) -> None:
-    """415 when the request's body type is one the kind does not take."""
-    media.parser(request.media_type)
 
 
 def parse_original_size(value: Any, where: str, max_pixels: int) -> tuple[int, int]:
@@ -143,7 +134,7 @@ class EmbeddingReader:
     """image_embedding values -> checked float32 arrays (inline base64 .npy, or from S3)."""
 
     def __init__(self, reader: S3Reader | None = None) -> None:
-        self.reader = reader or S3Reader(allowed_buckets_from_env())
+        self.reader = reader or S3Reader()
 
     def reference(self, value: Any, where: str) -> tuple[str, str] | None:
         """(bucket, key) for an S3 reference; None for inline base64 (or an .npz body's
@@ -177,20 +168,21 @@ class EmbeddingReader:
 class SamDecodeModel:
     """A loaded ONNX decoder and the reader of the embeddings records name."""
 
-    media = MEDIA
+    kind = "sam-decode"
 
     def __init__(
         self,
         decoder: Any,
         embeddings: EmbeddingReader,
-        max_pixels: int,
+        settings: RuntimeSettings,
         threads: int = 8,
         everything: Everything | None = None,
     ) -> None:
+        self.settings = settings
+        self.max_pixels = settings.max_image_pixels
         self.decoder = decoder
         self.everything = everything
         self.embeddings = embeddings
-        self.max_pixels = max_pixels
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="smvision-embeddings")
 
     def predict(self, request: Request) -> list[dict[str, Any]]:
@@ -198,7 +190,6 @@ class SamDecodeModel:
         embedding is read (S3 embeddings are read concurrently)."""
         from smvision.models.sam.prompts import PROMPT_KEYS
 
-        check_content_type(self.media, request)
         checked = []
         for record in request.records:
             where = f"record {record.index}"
@@ -273,21 +264,23 @@ class SamDecodeModel:
         return parse_prompts(params, original_size, f"record {record.index}")
 
 
-def load_decoder(model_dir: Path, manifest: Manifest) -> Any:
+def load_decoder(model_dir: Path, manifest: Manifest, settings: RuntimeSettings) -> Any:
     """The archive's ONNX decoder on ONNX Runtime (CPU), warmed up with one point."""
     from smvision.models.sam.decoder import SamDecoder
     from smvision.models.sam.prompts import parse_prompts
 
-    decoder = SamDecoder(manifest.artifact(model_dir, "decoder"), device="cpu")
+    decoder = SamDecoder(manifest.artifact(model_dir, DECODER), device="cpu", threads=settings.compute_threads()[0])
     size = (683, 1024)
     decoder.decode(np.zeros(EMBEDDING_SHAPE, np.float32), size, parse_prompts({"points": [[10, 10]], "labels": [1]}, size, "warm-up"))
     log.info("SAM %s decoder loaded (ONNX Runtime, CPU)", manifest.config.get("model_type"))
     return decoder
 
 
-def load(model_dir: Path, manifest: Manifest) -> SamDecodeModel:
+def load(model_dir: Path, manifest: Manifest, settings: RuntimeSettings) -> SamDecodeModel:
     """Load the decoder; embeddings named by S3 reference are read through boto3."""
-    max_pixels = env_int(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS, 1, 10**12)
     return SamDecodeModel(
-        load_decoder(model_dir, manifest), EmbeddingReader(), max_pixels, everything=load_everything(model_dir, manifest)
+        load_decoder(model_dir, manifest, settings),
+        EmbeddingReader(S3Reader(settings.allowed_buckets)),
+        settings,
+        everything=load_everything(model_dir, manifest, settings),
     )

@@ -9,15 +9,14 @@ Answers: `application/json` (default) {"source", "embedding": <base64 .npy>,
 "original_size": [H, W], "input_size": [h, w]} per record; `application/x-npy` the .npy
 bytes of one record's (1, 256, 64, 64) array.
 
-Environment (read once at load):
-  SAM_ENCODER_PRECISION  fp32 (default) | bf16 (GPU, or a CPU with AVX512-BF16/AMX) | fp16 (GPU)
-  SMVISION_BATCH_SIZE    images per forward pass (4)
+Settings (smvision.settings, read once at load): SAM_ENCODER_PRECISION fp32 (default) |
+bf16 (GPU, or a CPU with AVX512-BF16/AMX) | fp16 (GPU); SMVISION_BATCH_SIZE images per
+forward pass (4).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,37 +24,24 @@ from typing import Any
 
 import numpy as np
 
+from smvision.artifacts import ENCODER
 from smvision.errors import InferenceError, bad_request
 from smvision.images import ImageLoader
 from smvision.inflight import check_deadline, stage
-from smvision.kinds import BASE_MEDIA
 from smvision.manifest import Manifest
-from smvision.media import NPY
 from smvision.npy import npy_bytes
-from smvision.params import check_known, env_int
+from smvision.params import check_known
 from smvision.records import Record, Request, parse_s3_reference
-from smvision.responses import Results
+from smvision.s3 import S3Reader
+from smvision.settings import RuntimeSettings
 
 log = logging.getLogger("smvision")
 
 PARAMETERS = ("embedding_dtype", "output_s3_uri")
 EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
 PRECISION_ENV = "SAM_ENCODER_PRECISION"
-
-
-def encode_npy(results: Results) -> bytes:
-    """application/x-npy: the .npy bytes of the one record's embedding."""
-    if len(results.items) != 1:
-        raise InferenceError(
-            406, f"application/x-npy answers one record; this request has {len(results.items)}: accept application/json"
-        )
-    embedding = results.items[0].get("embedding")
-    if embedding is None:
-        raise InferenceError(406, "the embedding was written to output_s3_uri: accept application/json for its URI")
-    return npy_bytes(embedding)
-
-
-MEDIA = BASE_MEDIA.extend(encoders={NPY: encode_npy})
+#: images per forward pass unless SMVISION_BATCH_SIZE says otherwise
+DEFAULT_BATCH_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -69,9 +55,10 @@ class EncodeOptions:
 class SamEncodeModel:
     """A loaded SAM image encoder, its image loader and batch size."""
 
-    media = MEDIA
+    kind = "sam-encode"
 
-    def __init__(self, encoder: Any, loader: ImageLoader, batch_size: int) -> None:
+    def __init__(self, encoder: Any, loader: ImageLoader, batch_size: int, settings: RuntimeSettings) -> None:
+        self.settings = settings
         self.encoder = encoder
         self.loader = loader
         self.batch_size = batch_size
@@ -136,25 +123,28 @@ def _output_location(uri: str, record: Record, where: str) -> tuple[str, str]:
     return parse_s3_reference(uri)
 
 
-def load(model_dir: Path, manifest: Manifest) -> SamEncodeModel:
+def load(model_dir: Path, manifest: Manifest, settings: RuntimeSettings) -> SamEncodeModel:
     """Build the image encoder from the archive, on a GPU when there is one; warm it up."""
-    encoder = load_encoder(model_dir, manifest)
-    return SamEncodeModel(encoder, ImageLoader(), env_int("SMVISION_BATCH_SIZE", 4, 1, 256))
+    encoder = load_encoder(model_dir, manifest, settings)
+    return SamEncodeModel(encoder, image_loader(settings), settings.batch_size or DEFAULT_BATCH_SIZE, settings)
 
 
-def load_encoder(model_dir: Path, manifest: Manifest) -> Any:
+def image_loader(settings: RuntimeSettings) -> ImageLoader:
+    """The ImageLoader the settings ask for (allowed buckets, pixel limit)."""
+    return ImageLoader(S3Reader(settings.allowed_buckets), settings.max_image_pixels)
+
+
+def load_encoder(model_dir: Path, manifest: Manifest, settings: RuntimeSettings) -> Any:
     """The archive's SamEncoder (precision from SAM_ENCODER_PRECISION), warmed up."""
     import torch
 
     from smvision.models.sam.build import sam_config
     from smvision.models.sam.encoder import SamEncoder
-    from smvision.threads import threads_per_worker
 
-    torch.set_num_threads(threads_per_worker())
     config = sam_config(manifest.config["model_type"])
-    state_dict = torch.load(manifest.artifact(model_dir, "encoder"), map_location="cpu", weights_only=True)
+    state_dict = torch.load(manifest.artifact(model_dir, ENCODER), map_location="cpu", weights_only=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = (os.environ.get(PRECISION_ENV) or "fp32").strip().lower()
+    precision = settings.encoder_precision
     try:
         encoder = SamEncoder(config, state_dict, device=device, precision=precision)
     except ValueError as exc:

@@ -6,9 +6,9 @@ counted before it starts (points x crops) and refused clearly: over
 SAM_EVERYTHING_MAX_PROMPTS a 413, over the time left of the request a 504, each naming
 the knobs to lower; the deadline is checked again between point batches.
 
-Environment (read once at load):
-  SAM_EVERYTHING_MAX_PROMPTS     decoder prompts (grid points over all crops) per record (16384)
-  SAM_EVERYTHING_MAX_ANSWER_MB   largest answer per record, in MiB (6: SageMaker's real-time limit)
+Settings (smvision.settings, read once at load): SAM_EVERYTHING_MAX_PROMPTS decoder
+prompts (grid points over all crops) per record (16384); SAM_EVERYTHING_MAX_ANSWER_MB
+largest answer per record, in MiB (6: SageMaker's real-time limit).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from smvision.artifacts import POINTS_DECODER
 from smvision.errors import InferenceError, bad_request
 from smvision.manifest import Manifest
 from smvision.models.sam.everything import (
@@ -34,7 +35,7 @@ from smvision.models.sam.everything import (
     generate,
     parse_options,
 )
-from smvision.params import env_int
+from smvision.settings import RuntimeSettings
 
 log = logging.getLogger("smvision")
 
@@ -106,22 +107,18 @@ class Everything:
         return answer(result, request.mask_format, image_size, self.max_answer_bytes)
 
 
-def load_everything(model_dir: Path, manifest: Manifest) -> Everything:
+def load_everything(model_dir: Path, manifest: Manifest, settings: RuntimeSettings) -> Everything:
     """The archive's batched decoder, warmed up (which also seeds the work rate)."""
     from smvision.models.sam.build import EMBEDDING_SHAPE
     from smvision.models.sam.point_batch import PointBatchDecoder
 
-    max_prompts = env_int(MAX_PROMPTS_ENV, 16384, 1, 10**7)
-    max_answer = env_int(MAX_ANSWER_ENV, 6, 1, 100_000) * 1024 * 1024
-    if "points_decoder" not in manifest.artifacts:
+    max_prompts = settings.everything_max_prompts
+    max_answer = settings.everything_max_answer_mb * 1024 * 1024
+    if POINTS_DECODER not in manifest.artifacts:
         log.warning("this %s archive has no points_decoder: everything mode is off (rebuild the archive)", manifest.kind)
         return Everything(None, max_prompts, max_answer, WorkRate(0.0))
-    import torch
-
-    from smvision.threads import threads_per_worker
-
-    torch.set_num_threads(threads_per_worker())  # the generator's upsampling and filters run in torch
-    decoder = PointBatchDecoder(manifest.artifact(model_dir, "points_decoder"), device="cpu")
+    threads = settings.compute_threads()[0]
+    decoder = PointBatchDecoder(manifest.artifact(model_dir, POINTS_DECODER), device="cpu", threads=threads)
     points = np.array([[100.0, 100.0]] * 8)
     decoder.decode(np.zeros(EMBEDDING_SHAPE, np.float32), points, (683, 1024))
     started = time.perf_counter()

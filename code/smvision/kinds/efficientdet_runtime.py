@@ -1,6 +1,7 @@
-"""Which runtime serves an EfficientDet archive here, at what batch size, and loading it.
+"""The EfficientDet kind's runtime: which one serves an archive here, at what batch size,
+and loading its detector (smvision.models.efficientdet holds the detectors themselves).
 
-SMVISION_RUNTIME (read once at load):
+SMVISION_RUNTIME (smvision.settings, read once at load):
   auto   (default) torch on a GPU, ONNX Runtime on CPU (0.5-0.75x torch's forward time on
          CPU, and a start without importing torch), whichever the archive carries
   onnx   ONNX Runtime; the archive must carry model.onnx (built with --backend onnx|both)
@@ -14,20 +15,17 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from smvision.artifacts import ONNX, WEIGHTS
 from smvision.manifest import ArchiveError, Manifest
-from smvision.params import env_int
-
-from .config import EfficientDetConfig
+from smvision.models.efficientdet.config import EfficientDetConfig
+from smvision.settings import RuntimeSettings
 
 log = logging.getLogger("smvision")
 
 RUNTIME_ENV = "SMVISION_RUNTIME"
-RUNTIMES = ("auto", "onnx", "torch")
-BATCH_SIZE_ENV = "SMVISION_BATCH_SIZE"
 #: images per forward pass when SMVISION_BATCH_SIZE is unset: fastest per image on each device
 CPU_BATCH_SIZE = 1
 GPU_BATCH_SIZE = 8
@@ -43,13 +41,10 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def choose_runtime(manifest: Manifest, model_dir: Path, env: dict[str, str] | None = None) -> str:
+def choose_runtime(manifest: Manifest, model_dir: Path, settings: RuntimeSettings) -> str:
     """'onnx' or 'torch' for this archive and machine, or ArchiveError saying why neither can serve."""
-    env = os.environ if env is None else env
-    wanted = (env.get(RUNTIME_ENV) or "auto").strip().lower()
-    if wanted not in RUNTIMES:
-        raise ArchiveError(f"{RUNTIME_ENV}={env.get(RUNTIME_ENV)!r}: use one of {', '.join(RUNTIMES)}")
-    has_onnx, has_torch = "onnx" in manifest.artifacts, bool(manifest.weights)
+    wanted = settings.runtime
+    has_onnx, has_torch = ONNX in manifest.artifacts, bool(manifest.weights)
     if wanted == "onnx" and not has_onnx:
         raise ArchiveError(
             f"{RUNTIME_ENV}=onnx but the archive at {model_dir} has no ONNX export: rebuild it with "
@@ -79,28 +74,26 @@ def choose_runtime(manifest: Manifest, model_dir: Path, env: dict[str, str] | No
     return wanted
 
 
-def load_detector(model_dir: Path, manifest: Manifest, config: EfficientDetConfig, float16: bool) -> Any:
+def load_detector(model_dir: Path, manifest: Manifest, config: EfficientDetConfig, settings: RuntimeSettings) -> Any:
     """The archive's detector on the chosen runtime (OnnxEfficientDetector or EfficientDetector)."""
-    runtime = choose_runtime(manifest, model_dir)
+    runtime = choose_runtime(manifest, model_dir, settings)
     if runtime == "onnx":
-        from .onnx_detector import OnnxEfficientDetector
+        from smvision.models.efficientdet.onnx_detector import OnnxEfficientDetector
 
         device = "cuda" if gpu_present() else "cpu"
-        if float16:
+        if settings.use_float16:
             log.warning("USE_FLOAT16 is for the torch runtime on a GPU: ONNX Runtime runs in float32")
-        return OnnxEfficientDetector(config, manifest.artifact(model_dir, "onnx"), device=device)
+        threads = settings.compute_threads()[0]
+        return OnnxEfficientDetector(config, manifest.artifact(model_dir, ONNX), device=device, threads=threads)
 
     import torch
 
-    from smvision.threads import threads_per_worker
+    from smvision.models.efficientdet.detector import EfficientDetector
 
-    from .detector import EfficientDetector
-
-    torch.set_num_threads(threads_per_worker())
     # mmap: the weights are paged in as the model takes them (assign=True), not read and copied.
-    state_dict = torch.load(manifest.artifact(model_dir, "weights"), map_location="cpu", weights_only=True, mmap=True)
+    state_dict = torch.load(manifest.artifact(model_dir, WEIGHTS), map_location="cpu", weights_only=True, mmap=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return EfficientDetector(config, state_dict, device=device, float16=float16)
+    return EfficientDetector(config, state_dict, device=device, float16=settings.use_float16)
 
 
 def detector_device(detector: Any) -> str:
@@ -112,7 +105,8 @@ def detector_device(detector: Any) -> str:
     return str(getattr(device, "type", device))
 
 
-def batch_size(detector: Any, env: dict[str, str] | None = None) -> int:
+def batch_size(detector: Any, settings: RuntimeSettings) -> int:
     """SMVISION_BATCH_SIZE if set, else the device's default (CPU 1, GPU 8)."""
-    default = GPU_BATCH_SIZE if detector_device(detector) == "cuda" else CPU_BATCH_SIZE
-    return env_int(BATCH_SIZE_ENV, default, 1, 256, env)
+    if settings.batch_size is not None:
+        return settings.batch_size
+    return GPU_BATCH_SIZE if detector_device(detector) == "cuda" else CPU_BATCH_SIZE
