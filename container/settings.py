@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from smvision.params import env_flag, env_int
+from smvision.settings import flag, integer
 
 MB = 1024 * 1024
 
@@ -132,8 +132,11 @@ class Settings:
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
     try:
-        return env_int(name, default, low, high, env)
+        return integer(low, high)(raw, name)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
 
@@ -154,7 +157,10 @@ def _number(env: Mapping[str, str], name: str, default: float, *, positive: bool
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return False
     try:
-        return env_flag(name, False, env)
+        return flag(raw, name)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
