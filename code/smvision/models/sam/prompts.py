@@ -9,9 +9,6 @@ numbers, GDAL order), `crs` (an EPSG code) and `simplify_tolerance` (pixels, >= 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -20,6 +17,7 @@ import numpy as np
 
 from smvision.errors import bad_request
 from smvision.geo import parse_crs, parse_geotransform
+from smvision.npy import load_npy_base64
 
 MASK_FORMATS = ("rle", "png", "polygon", "geojson", "npy")
 GEOJSON_KEYS = ("geotransform", "crs", "simplify_tolerance")
@@ -137,16 +135,9 @@ def _inside(xy: np.ndarray, width: int, height: int, name: str, where: str) -> N
 
 
 def _mask_input(value: Any, where: str) -> np.ndarray:
-    if isinstance(value, np.ndarray):  # from an .npz body
-        array = value
-    elif not isinstance(value, str):
-        raise bad_request(f"{where}: 'mask_input' must be a base64 string of .npy bytes")
-    else:
-        try:
-            array = np.load(io.BytesIO(base64.b64decode(value, validate=True)), allow_pickle=False)
-        except (binascii.Error, ValueError, OSError, EOFError):
-            raise bad_request(f"{where}: 'mask_input' is not base64 .npy bytes") from None
-    if not isinstance(array, np.ndarray) or array.shape not in _MASK_INPUT_SHAPES:
+    # from an .npz body an array; else base64 .npy, its header checked against its bytes
+    array = value if isinstance(value, np.ndarray) else load_npy_base64(value, f"{where}: 'mask_input'")
+    if array.shape not in _MASK_INPUT_SHAPES:
         raise bad_request(
             f"{where}: 'mask_input' must have shape (1, 256, 256) (the low_res_logits of an earlier "
             f"answer), got {getattr(array, 'shape', None)}"
