@@ -155,6 +155,20 @@ def test_more_points_than_the_cap_is_a_413_naming_the_setting(decode_server):
     assert f"{POINTS_CAP + 1:,} points" in error and f"{POINTS_CAP:,}" in error and "SAM_MAX_POINTS" in error
 
 
+def test_the_points_cap_is_256_by_default(monkeypatch):
+    from smvision.errors import InferenceError
+    from smvision.models.sam.prompts import parse_prompts
+
+    monkeypatch.delenv("SAM_MAX_POINTS", raising=False)
+    assert len(parse_prompts({"points": [[1, 1]] * 256, "labels": [1] * 256}, (10, 10), "record 0").points) == 256
+    with pytest.raises(InferenceError) as caught:
+        parse_prompts({"points": [[1, 1]] * 257, "labels": [1] * 257}, (10, 10), "record 0")
+    assert caught.value.status_code == 413
+    assert caught.value.message == (
+        "record 0: 'points' holds 257 points, over the limit of 256 per prompt (SAM_MAX_POINTS)"
+    )
+
+
 def test_a_request_at_the_points_cap_gives_its_memory_back(sam_model_dir, tmp_path):
     """The decoder's memory for a prompt at the cap is returned once it is answered (ONNX
     Runtime's CPU arena kept its largest allocation for good: +370 MiB at 1,024 points).
