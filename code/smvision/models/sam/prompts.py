@@ -86,7 +86,7 @@ def parse_prompts(params: Mapping[str, Any], original_size: tuple[int, int], whe
         multimask_output=_flag(params, "multimask_output", True, where),
         mask_format=mask_format,
         return_logits=_flag(params, "return_logits", False, where),
-        geotransform=parse_geotransform(geo["geotransform"], where) if "geotransform" in geo else None,
+        geotransform=parse_geotransform(geo["geotransform"], where, original_size) if "geotransform" in geo else None,
         crs=parse_crs(geo["crs"], where) if "crs" in geo else None,
         simplify_tolerance=_tolerance(geo.get("simplify_tolerance", 0.0), where),
     )
