@@ -131,7 +131,8 @@ def test_npz_members_compressed_other_than_by_numpy_are_refused(decode_server):
 def test_corrupt_deflate_data_in_an_npz_is_a_400(decode_server):
     """numpy.savez_compressed bytes damaged in transit: a 400 (zlib's error was a 500)."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, image_embedding=np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32))
+    embedding = np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    np.savez_compressed(buffer, image_embedding=embedding)
     data = bytearray(buffer.getvalue())
     at = data.index(b"PK\x03\x04") + 30 + len("image_embedding.npy") + 200
     data[at : at + 64] = b"\xff" * 64

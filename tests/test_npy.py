@@ -78,7 +78,8 @@ def npy_header(shape: tuple, descr: str = "<f4") -> bytes:
 @pytest.mark.parametrize(
     "data, words",
     [
-        (npy_header((4294967296, 4294967296)) + bytes(64), "(4294967296, 4294967296)"),  # 2**64 elements: int64 wraps to 0
+        # 2**64 elements: their count in int64 wraps to 0
+        (npy_header((4294967296, 4294967296)) + bytes(64), "(4294967296, 4294967296)"),
         (npy_header((2**62, 4)) + bytes(64), "needs 73786976294838206464 bytes"),
         (npy_header((1, 256, 64, -64)) + bytes(64), "negative"),
         (npy_header((1, 256, 64, 64)) + bytes(1000), "holds 1000 bytes of data"),  # too few bytes
