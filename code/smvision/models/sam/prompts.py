@@ -5,6 +5,7 @@ A request may carry `points` [[x, y], ...] with `labels` (1 foreground, 0 backgr
 (the low-res logits of an earlier round, as base64 .npy), `multimask_output`,
 `mask_format` and `return_logits`; with mask_format "geojson", `geotransform` (six
 numbers, GDAL order), `crs` (an EPSG code) and `simplify_tolerance` (pixels, >= 0).
+At most SAM_MAX_POINTS (256) points per prompt: more is a 413 naming the setting.
 """
 
 from __future__ import annotations
