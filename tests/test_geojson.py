@@ -125,6 +125,9 @@ def test_simplification_reduces_vertices_within_the_tolerance_in_pixels():
         ({"geotransform": [0, 1, 0, 0, 0, float("inf")]}, "finite"),
         ({"geotransform": [0, 1, 0, float("nan"), 0, -1]}, "finite"),
         ({"geotransform": [0, 1, 0, 0, 0, 10**400]}, "finite"),
+        ({"geotransform": [0, 1e308, 0, 0, 0, -1e308]}, "maps the image's corners (10x10 pixels) past"),
+        ({"geotransform": [1e308, 1e307, 0, 0, 0, -1]}, "past the largest finite number"),
+        ({"geotransform": [0, 1, 1e308, 0, 0, -1]}, "past the largest finite number"),
         ({"geotransform": [0, 0, 0, 0, 0, -1]}, "a*e - b*d = 0"),
         ({"geotransform": [0, 1, 2, 0, 2, 4]}, "a*e - b*d = 0"),
         ({"geotransform": UTM, "crs": "WGS84"}, "EPSG code"),
@@ -307,10 +310,35 @@ def test_sam_decode_takes_a_geotransform_and_rejects_a_bad_one(sam_model_dir, ti
     assert feature["properties"] == {"mask_index": 0, "score": answer["scores"][0]}
     assert answer["masks"]["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
     np.testing.assert_array_equal(rasterize(feature, (427, 640), UTM), rle[0])
-    for bad, words in (([1, 2, 3, 4, 5, 6, 7], "six numbers"), ([0, 1, 0, 0, 0, 0], "a*e - b*d = 0")):
+    for bad, words in (([1, 2, 3, 4, 5, 6, 7], "six numbers"), ([0, 1, 0, 0, 0, 0], "a*e - b*d = 0"),
+                       ([0, 1e308, 0, 0, 0, -1e308], "'geotransform' [0.0, 1e+308, 0.0, 0.0, 0.0, -1e+308] maps")):
         with pytest.raises(InferenceError) as caught:
             call(handler, {**record, "mask_format": "geojson", "geotransform": bad})
-        assert caught.value.status_code == 400 and words in caught.value.message
+        assert caught.value.status_code == 400 and words in caught.value.message, caught.value.message
     with pytest.raises(InferenceError) as caught:
         call(handler, {**record, "mask_format": "geojson", "crs": 32633})
     assert caught.value.status_code == 400 and "'crs' needs a 'geotransform'" in caught.value.message
+
+
+def test_a_geotiff_whose_corners_overflow_is_a_400_for_geojson_only(sam_handler, photos):
+    """A pixel scale of 1e307 puts the far corner of a 160-pixel-wide image past the
+    largest float: GeoJSON would carry Infinity (not JSON), so the image's own
+    georeferencing is refused; a geotransform in the request, or another mask_format,
+    still answers."""
+    from PIL import TiffImagePlugin
+
+    pixels = decode_image(photos["rocket.jpg"], "rocket")[::4, ::4]  # 107 x 160
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[33550] = (1e307, 1e307, 0.0)  # ModelPixelScale
+    tags[33922] = (0.0, 0.0, 0.0, 500000.0, 4600000.0, 0.0)  # ModelTiepoint
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="TIFF", tiffinfo=tags)
+    prompt = {"image": base64.b64encode(buffer.getvalue()).decode(), "box": [20, 10, 140, 100]}
+    with pytest.raises(InferenceError) as caught:
+        call(sam_handler, {**prompt, "mask_format": "geojson"})
+    assert caught.value.status_code == 400, caught.value.message
+    assert "the image's georeferencing is unusable" in caught.value.message
+    assert "'geotransform'" in caught.value.message  # says what to send instead
+    assert call(sam_handler, {**prompt, "mask_format": "rle"})["mask_format"] == "rle"
+    given = call(sam_handler, {**prompt, "mask_format": "geojson", "geotransform": list(UTM)})
+    assert given["masks"]["geotransform"] == list(UTM)

@@ -88,6 +88,18 @@ def test_response_shape_mirrors_request_shape():
     assert [json.loads(line) for line in body.decode().splitlines()] == results
 
 
+@pytest.mark.parametrize("accept", ["application/json", "application/jsonlines"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), np.float32("inf")])
+def test_an_answer_never_carries_bare_infinity_or_nan(accept, value):
+    """Python's json writes Infinity / NaN, which no JSON reader takes: a result holding one
+    is our bug, so it fails loudly (a 500 with the traceback in the log), never reaching
+    the caller as invalid JSON."""
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        encode_results([{"masks": {"coordinates": [[0.0, value]]}}], False, accept)
+    body, _ = encode_results([{"score": 0.5, "bbox": [0.0, 1e308]}], True, accept)
+    assert json.loads(body, parse_constant=lambda name: pytest.fail(f"bare {name} in {body!r}"))
+
+
 def test_pixel_limit_above_pillows_own_is_honoured():
     data = encode(Image.new("L", (10_000, 9_500)), "PNG")  # 95 MP: over Pillow's built-in 89 MP
     assert decode_image(data, "x", max_pixels=100_000_000).shape == (9_500, 10_000, 3)

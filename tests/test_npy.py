@@ -66,3 +66,33 @@ def test_base64_same_with_either_backend(monkeypatch: pytest.MonkeyPatch, backen
     for bad in ("not base64!", text[:-1] + "*", "Zm9v=Zm9v"):
         with pytest.raises(InferenceError, match="not valid base64"):
             npy.load_npy_base64(bad, "x")
+
+
+def npy_header(shape: tuple, descr: str = "<f4") -> bytes:
+    """A version 1.0 .npy header claiming `shape`, whatever data follows it."""
+    text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}"
+    text += " " * (127 - 10 - len(text)) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        # 2**64 elements: their count in int64 wraps to 0
+        (npy_header((4294967296, 4294967296)) + bytes(64), "(4294967296, 4294967296)"),
+        (npy_header((2**62, 4)) + bytes(64), "needs 73786976294838206464 bytes"),
+        (npy_header((1, 256, 64, -64)) + bytes(64), "negative"),
+        (npy_header((1, 256, 64, 64)) + bytes(1000), "holds 1000 bytes of data"),  # too few bytes
+        (npy_header((1, 2)) + bytes(64), "holds 64 bytes of data"),  # more bytes than the shape needs
+        (npy_header((2, 3), "<f8") + bytes(24), "needs 48 bytes"),
+    ],
+)
+def test_load_npy_refuses_a_header_its_data_does_not_fit(data: bytes, words: str) -> None:
+    """A header whose shape is negative, overflows, or does not match the bytes present is
+    a 400 naming the field, never a 500 (numpy's reshape raised outside the checks)."""
+    for view in (data, memoryview(data)):
+        with pytest.raises(InferenceError) as caught:
+            npy.load_npy(view, "record 0: 'image_embedding'")
+        assert caught.value.status_code == 400, caught.value
+        assert caught.value.message.startswith("record 0: 'image_embedding' is not a .npy array")
+        assert words in caught.value.message, caught.value.message

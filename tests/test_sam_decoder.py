@@ -211,7 +211,7 @@ BAD = [
     ({"box": [10, 10, 40, 50], "mask_format": "jpeg"}, "mask_format must be one of"),
     ({"box": [10, 10, 40, 50], "multimask_output": "yes"}, "multimask_output must be true or false"),
     ({"box": [10, 10, 40, 50], "return_logits": 1}, "return_logits must be true or false"),
-    ({"box": [10, 10, 40, 50], "mask_input": "not base64!"}, "not base64 .npy"),
+    ({"box": [10, 10, 40, 50], "mask_input": "not base64!"}, "'mask_input' is not valid base64"),
     ({"box": [10, 10, 40, 50], "mask_input": low_res_npy(np.zeros((1, 64, 64)))}, "shape (1, 256, 256)"),
     ({"box": [10, 10, 40, 50], "mask_input": low_res_npy(np.full((256, 256), np.nan))}, "NaN"),
 ]

@@ -57,8 +57,27 @@ class Georef:
         return (a, b, d, e, c, f)
 
 
-def parse_geotransform(value: Any, where: str) -> tuple[float, float, float, float, float, float]:
-    """Six finite numbers with a non-zero determinant (a*e - b*d), else a 400."""
+def corners(geotransform: tuple[float, ...], size: tuple[int, int]) -> list[tuple[float, float]]:
+    """The map points of the four corners of an image of size (H, W), each computed as
+    shapely's affine_transform computes a vertex: (a*x + b*y) + c, (d*x + e*y) + f."""
+    c, a, b, f, d, e = geotransform
+    height, width = size
+    return [(a * x + b * y + c, d * x + e * y + f) for x in (0, width) for y in (0, height)]
+
+
+def finite_corners(geotransform: tuple[float, ...], size: tuple[int, int]) -> bool:
+    """True when every pixel corner of an image of size (H, W) maps to finite numbers.
+
+    The map point is linear in x and y and rounding is monotonic, so the four corners
+    bound every vertex a mask can have: finite corners, finite GeoJSON."""
+    return all(math.isfinite(v) for point in corners(geotransform, size) for v in point)
+
+
+def parse_geotransform(
+    value: Any, where: str, size: tuple[int, int] | None = None
+) -> tuple[float, float, float, float, float, float]:
+    """Six finite numbers with a non-zero determinant (a*e - b*d) that map the corners of
+    an image of size (H, W), when given, to finite numbers; else a 400."""
     if (
         not isinstance(value, (list, tuple))
         or len(value) != 6
@@ -77,7 +96,24 @@ def parse_geotransform(value: Any, where: str) -> tuple[float, float, float, flo
     _, a, b, _, d, e = numbers
     if a * e - b * d == 0:
         raise bad_request(f"{where}: 'geotransform' {list(numbers)} maps every pixel onto a line (a*e - b*d = 0)")
+    if size is not None and not finite_corners(numbers, size):
+        raise bad_request(f"{where}: 'geotransform' {list(numbers)} {_past_finite(size)}")
     return numbers  # type: ignore[return-value]
+
+
+def check_image_georef(georef: Georef, size: tuple[int, int], where: str) -> None:
+    """A 400 when an image's own georeferencing maps its corners (size (H, W)) past the
+    largest finite number: its GeoJSON could not be written."""
+    if not finite_corners(georef.geotransform, size):
+        raise bad_request(
+            f"{where}: the image's georeferencing is unusable: its geotransform {list(georef.geotransform)} "
+            f"{_past_finite(size)}; give a 'geotransform' (six numbers, GDAL order) in the request"
+        )
+
+
+def _past_finite(size: tuple[int, int]) -> str:
+    height, width = size
+    return f"maps the image's corners ({width}x{height} pixels) past the largest finite number"
 
 
 def parse_crs(value: Any, where: str) -> str:
@@ -99,7 +135,8 @@ def tiff_georef(image: Any) -> Georef | None:
     """The georeferencing of an opened Pillow TIFF image (its stored raster), or None.
 
     Reads only tags Pillow has parsed at open; never raises for odd tags (a TIFF whose
-    georeferencing cannot be understood is an image without one)."""
+    georeferencing cannot be understood is an image without one). Numbers that are not
+    finite are kept: check_image_georef refuses them where they would be used."""
     tags = getattr(image, "tag_v2", None)
     if tags is None:
         return None
@@ -112,7 +149,7 @@ def tiff_georef(image: Any) -> Georef | None:
             c, a, b, f, d, e = geotransform
             geotransform = (c - 0.5 * (a + b), a, b, f - 0.5 * (d + e), d, e)
         _, a, b, _, d, e = geotransform
-        if not all(math.isfinite(v) for v in geotransform) or a * e - b * d == 0:
+        if a * e - b * d == 0:
             return None
         return Georef(geotransform, _epsg(keys))
     except (TypeError, ValueError, IndexError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -50,11 +51,26 @@ def load_npy(data: bytes | bytearray | memoryview, where: str) -> np.ndarray:
         shape, fortran_order, dtype = read_header(stream)
         if dtype.hasobject:
             raise ValueError("object arrays cannot be loaded (they would need pickle)")
-        count = int(np.prod(shape, dtype=np.int64))
+        count = _element_count(shape, dtype, memoryview(data).nbytes - stream.tell())
         array = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
     except (ValueError, OSError, EOFError) as exc:
         raise bad_request(f"{where} is not a .npy array: {exc}"[:300]) from None
     return array.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _element_count(shape: tuple[int, ...], dtype: np.dtype, present: int) -> int:
+    """The number of elements a header's shape holds, once its data is known to be exactly
+    the bytes present; a ValueError saying why not (a negative dimension, or a shape whose
+    size, computed exactly rather than in int64 where it could wrap, is not the data's)."""
+    if any(dim < 0 for dim in shape):
+        raise ValueError(f"its header's shape {shape} has a negative dimension")
+    count = math.prod(shape)
+    needed = count * dtype.itemsize
+    if needed != present:
+        raise ValueError(
+            f"its header's shape {shape} of {dtype} needs {needed} bytes, but it holds {present} bytes of data"
+        )
+    return count
 
 
 def load_npy_base64(value: Any, where: str) -> np.ndarray:

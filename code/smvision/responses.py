@@ -42,7 +42,10 @@ def encode_jsonlines(results: Results) -> bytes:
 
 
 def _dumps(document: Any) -> str:
-    return json.dumps(document, separators=(",", ":"), default=_json_value)
+    """Compact JSON. A number that is not finite is a ValueError (a 500: our bug, with its
+    traceback in the log), never the bare Infinity / NaN Python's json would write, which
+    no JSON reader takes."""
+    return json.dumps(document, separators=(",", ":"), default=_json_value, allow_nan=False)
 
 
 def _json_value(value: Any) -> Any:

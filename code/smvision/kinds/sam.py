@@ -161,9 +161,10 @@ class SamModel:
         name the record)."""
         from smvision.models.sam.prompts import parse_prompts
 
-        prompts = parse_prompts(record.params, (int(original_size[0]), int(original_size[1])), record.label())
+        size = (int(original_size[0]), int(original_size[1]))
+        prompts = parse_prompts(record.params, size, record.label())
         if prompts.mask_format == "geojson":
-            geojson_options(prompts, georef, record.label())
+            geojson_options(prompts, georef, record.label(), size)
         return prompts
 
 

@@ -90,7 +90,7 @@ def answer(
     scores = [round(float(s), 5) for s in result.scores]
     with stage("masks"):
         if prompts.mask_format == "geojson":
-            masks = geojson_answer(result.masks, scores, prompts, image_georef, where)
+            masks = geojson_answer(result.masks, scores, prompts, image_georef, where, original_size)
         else:
             masks = encode_masks(result.masks, prompts.mask_format)
     out: dict[str, Any] = {
@@ -104,9 +104,10 @@ def answer(
     return out
 
 
-def geojson_options(prompts: Any, image_georef: Any, where: str) -> Any:
-    """GeoJsonOptions for a record: the request's geotransform (and crs) over the image's own."""
-    from smvision.geo import Georef
+def geojson_options(prompts: Any, image_georef: Any, where: str, size: tuple[int, int] | None = None) -> Any:
+    """GeoJsonOptions for a record: the request's geotransform (and crs) over the image's
+    own, which must map the corners of an image of size (H, W) to finite numbers (400)."""
+    from smvision.geo import Georef, check_image_georef
     from smvision.models.sam.geojson import GeoJsonOptions
 
     georef = image_georef
@@ -118,15 +119,19 @@ def geojson_options(prompts: Any, image_georef: Any, where: str) -> Any:
                 f"{where}: 'crs' needs a 'geotransform' (six numbers, GDAL order) or a georeferenced GeoTIFF"
             )
         georef = Georef(georef.geotransform, prompts.crs)
+    if georef is not None and prompts.geotransform is None and size is not None:
+        check_image_georef(georef, size, where)
     return GeoJsonOptions(georef, prompts.simplify_tolerance)
 
 
-def geojson_answer(masks: Any, scores: list[float], prompts: Any, image_georef: Any, where: str) -> dict[str, Any]:
+def geojson_answer(
+    masks: Any, scores: list[float], prompts: Any, image_georef: Any, where: str, size: tuple[int, int] | None = None
+) -> dict[str, Any]:
     """The masks as a GeoJSON FeatureCollection, each Feature with its mask_index and score."""
     from smvision.models.sam.geojson import feature_collection
     from smvision.models.sam.masks import encode_masks
 
-    options = geojson_options(prompts, image_georef, where)
+    options = geojson_options(prompts, image_georef, where, size)
     return feature_collection(encode_masks(masks, "geojson", options), [{"score": s} for s in scores], options)
 
 

@@ -29,17 +29,27 @@ def providers(device: str = "cpu") -> list[str]:
 
 
 def create_session(
-    model: str | Path | bytes, device: str = "cpu", threads: int | None = None, spinning: bool = True
+    model: str | Path | bytes,
+    device: str = "cpu",
+    threads: int | None = None,
+    spinning: bool = True,
+    memory_arena: bool = True,
 ) -> Any:
     """An InferenceSession for an .onnx file (or its bytes), fully optimised, sequential,
     with `threads` intra-op threads (default: smvision.threads.threads_per_worker()).
 
     spinning=False: idle intra-op threads sleep rather than spin-wait for work
     (session.intra_op.allow_spinning 0): less CPU per call, and much less wall time when
-    the cores are shared with other processes (benchmarks/sam_decode.py --spinning)."""
+    the cores are shared with other processes (benchmarks/sam_decode.py --spinning).
+
+    memory_arena=False: no CPU memory arena. The arena keeps the most memory any one call
+    needed for the life of the process, which suits a graph whose inputs have fixed shapes
+    (EfficientDet) and not one whose memory grows with a request (SAM's prompt decoder:
+    +370 MiB kept after one 1,024-point prompt)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = memory_arena
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
