@@ -133,6 +133,8 @@ class RuntimeSettings:
         "DEFAULT_MAX_DETECTIONS", 100, integer(1, 10_000), "most detections per image when a record gives none")
     use_float16: bool = _variable("USE_FLOAT16", False, flag, "half precision on a GPU; ignored on CPU")
     # Segment Anything
+    max_points: int = _variable(
+        "SAM_MAX_POINTS", 256, integer(1, 1_000_000), "sam-decode and sam: most points in one prompt (413 beyond)")
     encoder_precision: str = _variable(
         "SAM_ENCODER_PRECISION", "fp32", choice("fp32", "bf16", "fp16"),
         "SAM's image encoder: fp32, bf16 (a GPU, or a CPU with native bf16) or fp16 (a GPU)")

@@ -155,14 +155,13 @@ class SamModel:
             **answer(result, prompts, embedding.original_size, embedding.georef, record.label()),
         }
 
-    @staticmethod
-    def prompts(record: Record, original_size: tuple[int, int], georef: Any = None) -> Any:
+    def prompts(self, record: Record, original_size: tuple[int, int], georef: Any = None) -> Any:
         """The record's prompts, checked against its image's size and georeferencing (400s
         name the record)."""
         from smvision.models.sam.prompts import parse_prompts
 
         size = (int(original_size[0]), int(original_size[1]))
-        prompts = parse_prompts(record.params, size, record.label())
+        prompts = parse_prompts(record.params, size, record.label(), self.settings.max_points)
         if prompts.mask_format == "geojson":
             geojson_options(prompts, georef, record.label(), size)
         return prompts

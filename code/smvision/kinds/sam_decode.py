@@ -260,13 +260,12 @@ class SamDecodeModel:
 
         return self.everything.run(request, size, lambda crop_box: (embedding, input_size(size)))
 
-    @staticmethod
-    def prompts(record: Record, original_size: tuple[int, int]) -> Any:
+    def prompts(self, record: Record, original_size: tuple[int, int]) -> Any:
         """The record's prompts, checked against the image size (400s name the record)."""
         from smvision.models.sam.prompts import PROMPT_KEYS, parse_prompts
 
         params = {k: v for k, v in record.params.items() if k in PROMPT_KEYS}
-        return parse_prompts(params, original_size, f"record {record.index}")
+        return parse_prompts(params, original_size, f"record {record.index}", self.settings.max_points)
 
 
 def load_decoder(model_dir: Path, manifest: Manifest, settings: RuntimeSettings) -> Any:

@@ -19,7 +19,6 @@ import numpy as np
 from smvision.errors import bad_request, too_large
 from smvision.geo import parse_crs, parse_geotransform
 from smvision.npy import load_npy_base64
-from smvision.params import env_int
 
 MASK_FORMATS = ("rle", "png", "polygon", "geojson", "npy")
 GEOJSON_KEYS = ("geotransform", "crs", "simplify_tolerance")
@@ -27,9 +26,10 @@ PROMPT_KEYS = ("points", "labels", "box", "mask_input", "multimask_output", "mas
 MASK_INPUT_SIZE = 256
 _MASK_INPUT_SHAPES = ((256, 256), (1, 256, 256), (1, 1, 256, 256))
 
-#: Most points in one prompt (413 beyond). The decoder's time and memory grow with them:
-#: on vit_b, two CPU cores, 256 points take 0.35 s and 90 MiB, 1,024 points 1.8 s and
-#: 370 MiB, 10,000 points 36 s and 6.4 GB; a prompt has one box at most.
+#: Most points in one prompt unless the settings say otherwise (SAM_MAX_POINTS; 413 beyond).
+#: The decoder's time and memory grow with them: on vit_b, two CPU cores, 256 points take
+#: 0.35 s and 90 MiB, 1,024 points 1.8 s and 370 MiB, 10,000 points 36 s and 6.4 GB; a
+#: prompt has one box at most.
 MAX_POINTS_ENV = "SAM_MAX_POINTS"
 DEFAULT_MAX_POINTS = 256
 
@@ -50,8 +50,11 @@ class Prompts:
     simplify_tolerance: float = 0.0  # pixels, for mask_format geojson
 
 
-def parse_prompts(params: Mapping[str, Any], original_size: tuple[int, int], where: str) -> Prompts:
-    """Prompts from a request's parameters for an image of original_size (H, W).
+def parse_prompts(
+    params: Mapping[str, Any], original_size: tuple[int, int], where: str, max_points: int = DEFAULT_MAX_POINTS
+) -> Prompts:
+    """Prompts from a request's parameters for an image of original_size (H, W), with at
+    most max_points points (the kind passes SAM_MAX_POINTS from its settings).
 
     `mask_input` arrives as a base64 string of .npy bytes holding a 256x256 float array
     (shape (256, 256), (1, 256, 256) or (1, 1, 256, 256)), e.g. the `low_res_logits` an
@@ -60,7 +63,7 @@ def parse_prompts(params: Mapping[str, Any], original_size: tuple[int, int], whe
     height, width = original_size
     points = labels = box = None
     if params.get("points") is not None:
-        points = _points(params["points"], where)
+        points = _points(params["points"], where, max_points)
         _inside(points, width, height, "points", where)
         if params.get("labels") is None:
             raise bad_request(f"{where}: 'points' need 'labels' (1 foreground, 0 background), one per point")
@@ -93,11 +96,6 @@ def parse_prompts(params: Mapping[str, Any], original_size: tuple[int, int], whe
     )
 
 
-def max_points() -> int:
-    """SAM_MAX_POINTS (default 256): the most points one prompt may hold."""
-    return env_int(MAX_POINTS_ENV, DEFAULT_MAX_POINTS, 1, 1_000_000)
-
-
 def _number(value: Any, name: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad_request(f"{where}: {name} must be numbers, got {value!r}")
@@ -110,10 +108,9 @@ def _number(value: Any, name: str, where: str) -> float:
     return number
 
 
-def _points(value: Any, where: str) -> np.ndarray:
+def _points(value: Any, where: str, limit: int) -> np.ndarray:
     if not isinstance(value, list) or not value:
         raise bad_request(f"{where}: 'points' must be a non-empty list of [x, y] pairs")
-    limit = max_points()
     if len(value) > limit:
         raise too_large(
             f"{where}: 'points' holds {len(value):,} points, over the limit of {limit:,} per prompt ({MAX_POINTS_ENV})"
