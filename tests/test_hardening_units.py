@@ -295,3 +295,55 @@ def test_log_lines_carry_no_credentials_raw_or_url_encoded(text, secrets, kept):
     record = logging.LogRecord("botocore.endpoint", logging.DEBUG, __file__, 1, "%s", (text,), None)
     line = SafeFormatter("%(name)s: %(message)s").format(record)
     assert not [secret for secret in secrets if secret in line] and "\n" not in line
+
+
+def request_with_body(headers: dict[str, str], pieces, pause: float = 0.0):
+    """A starlette Request whose receive() hands out `pieces` (an iterable of bytes, the
+    last one ending the body), `pause` seconds apart; and a list counting the calls."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    calls: list[int] = []
+    source = iter(pieces)
+
+    async def receive() -> dict:
+        calls.append(1)
+        await asyncio.sleep(pause)
+        piece = next(source, None)
+        if piece is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": piece, "more_body": True}
+
+    scope = {"type": "http", "method": "POST", "path": "/invocations",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    return Request(scope, receive), calls
+
+
+def endless(piece: bytes):
+    while True:
+        yield piece
+
+
+def test_a_refused_body_is_discarded_only_within_its_bound_in_bytes_and_time():
+    import asyncio
+
+    from smvision.container.body import DISCARD_ALLOWANCE, MB, discard_bound, discard_rest
+
+    assert discard_bound(2 * MB) == 8 * MB + DISCARD_ALLOWANCE and discard_bound(None) == DISCARD_ALLOWANCE
+    chunked = {"transfer-encoding": "chunked"}
+    # the rest of the body arrives: read to its end, the connection stays usable
+    request, calls = request_with_body(chunked, [b"x" * MB] * 5)
+    assert asyncio.run(discard_rest(request, 3 * MB, bound=20 * MB)) and len(calls) == 6
+    # an endless body: read up to the bound, then given up
+    request, calls = request_with_body(chunked, endless(b"x" * MB))
+    assert not asyncio.run(discard_rest(request, 0, bound=5 * MB)) and len(calls) == 6
+    # a slow one: given up after the time allowed
+    request, calls = request_with_body(chunked, endless(b"x"), pause=0.05)
+    started = time.monotonic()
+    assert not asyncio.run(discard_rest(request, 0, bound=5 * MB, seconds=0.3))
+    assert 0.25 < time.monotonic() - started < 1.0
+    # declared past the bound, or held back for a 100 Continue: nothing is read
+    for headers in ({"content-length": str(6 * MB)}, {"content-length": "100", "expect": "100-continue"}):
+        request, calls = request_with_body(headers, [b"x" * 100])
+        assert not asyncio.run(discard_rest(request, 0, bound=5 * MB)) and calls == []

@@ -164,3 +164,20 @@ def test_a_chunked_body_past_the_bound_is_cut_off(server):
                 sent += 1 << 20
     assert sent < 200 << 20, f"{sent >> 20} MB accepted"
     assert server.get("/ping").status_code == 200
+
+
+def test_an_answer_before_the_body_is_read_reaches_the_client_too(tmp_path):
+    """A 503 while the model loads, to a client sending 8 MB with Connection: close."""
+    serve = Serve(make_model_dir(tmp_path, "control.py"), tmp_path, env={"CONTROL_MODEL_FN_SLEEP": "30"})
+    try:
+        assert serve.wait_listening().status_code == 503
+        seen = collections.Counter()
+        for _ in range(TRIES):
+            try:
+                answer, body = raw_post(serve.port, 8 << 20, headers=("Connection: close",))
+                seen[f"{answer.status} {'loading' in body.decode()}"] += 1
+            except OSError as exc:
+                seen[type(exc).__name__] += 1
+        assert seen == {"503 True": TRIES}, seen
+    finally:
+        serve.stop()
