@@ -9,7 +9,10 @@ POST /endpoints/{name}/invocations  the same, answered the way the sagemaker-run
 GET  /execution-parameters          what batch transform asks first
 
 Errors are JSON ``{"error": "<words>", "status": N}``; no traceback ever reaches a
-client (the log has it), and the process keeps serving after each one.
+client (the log has it), and the process keeps serving after each one. An answer given
+before the body was read (a 413 from Content-Length, a 503) first reads and discards the
+rest of the body, within a bound (body.py), so that a client still sending it sees the
+answer rather than a reset.
 
 Model loading and inference run on this worker's own handler threads (by default one,
 so model_fn and every request run on the same thread, one request at a time, as a
@@ -56,7 +59,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from smvision import inflight
-from smvision.container.body import BadRequest, TooLarge, discard_bound, discard_rest, read_body
+from smvision.container.body import (
+    DISCARD_SECONDS,
+    BadRequest,
+    TooLarge,
+    discard_bound,
+    discard_rest,
+    read_body,
+)
 from smvision.container.logs import MODEL_LOADED
 from smvision.container.handler import Handler
 from smvision.container.settings import ENV_DRAIN, ENV_STUCK_AFTER, Settings
@@ -409,10 +419,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 response = Response(error_body(status, message), status,
                                     headers={"content-type": JSON})
             # Answered before the body was read: read the rest first (the client may still be
-            # sending it, and would see a reset instead of this answer), within a bound.
-            if not body_read and not await discard_rest(
-                    request, exc.received if isinstance(exc, TooLarge) else 0, bound):
-                response.headers["connection"] = "close"
+            # sending it, and would see a reset instead of this answer), within a bound and,
+            # after SIGTERM, within the drain window.
+            if not body_read:
+                until = drain["until"]
+                seconds = DISCARD_SECONDS if until is None else max(until - time.monotonic(), 0.0)
+                received_before = exc.received if isinstance(exc, TooLarge) else 0
+                if not await discard_rest(request, received_before, bound, seconds):
+                    response.headers["connection"] = "close"
         response.headers["server-timing"] = server_timing(started, received, call)
         return response
 
