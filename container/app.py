@@ -9,7 +9,10 @@ POST /endpoints/{name}/invocations  the same, answered the way the sagemaker-run
 GET  /execution-parameters          what batch transform asks first
 
 Errors are JSON ``{"error": "<words>", "status": N}``; no traceback ever reaches a
-client (the log has it), and the process keeps serving after each one.
+client (the log has it), and the process keeps serving after each one. An answer given
+before the body was read (a 413 from Content-Length, a 503) first reads and discards the
+rest of the body, within a bound (body.py), so that a client still sending it sees the
+answer rather than a reset.
 
 Model loading and inference run on this worker's own handler threads (by default one,
 so model_fn and every request run on the same thread, one request at a time, as a
@@ -56,6 +59,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from smvision import inflight
+from smvision.container.body import (
+    DISCARD_SECONDS,
+    BadRequest,
+    TooLarge,
+    discard_bound,
+    discard_rest,
+    read_body,
+)
 from smvision.container.logs import MODEL_LOADED
 from smvision.container.handler import Handler
 from smvision.container.settings import ENV_DRAIN, ENV_STUCK_AFTER, Settings
@@ -225,47 +236,6 @@ def model_error(status: int, message: str) -> Response:
     )
 
 
-class _TooLarge(Exception):
-    pass
-
-
-async def read_body(request: Request, limit: int | None) -> bytes:
-    """The whole request body, refusing (413) one over ``limit`` bytes: a declared
-    Content-Length first, then by counting while a chunked body arrives."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            length = int(declared)
-        except ValueError:
-            length = -1
-        if length < 0:
-            raise _BadRequest(f"invalid Content-Length {quote(declared)}")
-        if limit is not None and length > limit:
-            raise _TooLarge(length)
-    receive = request.receive
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        if chunk:
-            total += len(chunk)
-            if limit is not None and total > limit:
-                raise _TooLarge(total)
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    if len(chunks) == 1:
-        return chunks[0]
-    return b"".join(chunks)
-
-
-class _BadRequest(Exception):
-    pass
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     """The app for one worker process. With no settings, they are read from the
     environment (how uvicorn's worker processes get them)."""
@@ -273,6 +243,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     handler = Handler(settings.model_dir, settings.program, settings.default_accept)
     state = _ModelState()
     limit = settings.max_payload_bytes
+    bound = discard_bound(limit)
     timeout = settings.timeout_s
     pool_box: list[HandlerPool] = []
     pending: set[Call] = set()  # requests waiting for an answer
@@ -397,6 +368,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         started = time.monotonic()
         received = None
         call: Call | None = None
+        body_read = False
         try:
             if state.status != state.READY:
                 raise _Status(*not_ready())
@@ -406,6 +378,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if stuck is not None:
                 raise _Status(503, stuck)
             body = await read_body(request, limit)
+            body_read = True
             received = time.monotonic() - started
             headers = request.headers
             loop = asyncio.get_running_loop()
@@ -446,6 +419,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             else:
                 response = Response(error_body(status, message), status,
                                     headers={"content-type": JSON})
+            # Answered before the body was read: read the rest first (the client may still be
+            # sending it, and would see a reset instead of this answer), within a bound and,
+            # after SIGTERM, within the drain window.
+            if not body_read:
+                until = drain["until"]
+                seconds = DISCARD_SECONDS if until is None else max(until - time.monotonic(), 0.0)
+                received_before = exc.received if isinstance(exc, TooLarge) else 0
+                if not await discard_rest(request, received_before, bound, seconds):
+                    response.headers["connection"] = "close"
         response.headers["server-timing"] = server_timing(started, received, call)
         return response
 
@@ -542,14 +524,14 @@ class _Status(Exception):
 
 def _classify(exc: BaseException, limit: int | None) -> tuple[int, str]:
     """(status, message) for an exception raised while answering; logs it."""
-    if isinstance(exc, _TooLarge):
+    if isinstance(exc, TooLarge):
         message = (
-            f"the request body ({exc.args[0]:,} bytes or more) is larger than the limit of "
+            f"the request body ({exc.size:,} bytes or more) is larger than the limit of "
             f"{limit:,} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
         )
         log.warning("413: %s", message)
         return 413, message
-    if isinstance(exc, _BadRequest):
+    if isinstance(exc, BadRequest):
         log.warning("400: %s", clean(str(exc)))
         return 400, str(exc)
     if isinstance(exc, ClientDisconnect):

@@ -181,6 +181,49 @@ def test_no_authorization_header_in_the_log_even_at_debug(tmp_path, photos):
         assert server.stop() == 0
 
 
+#: An STS-shaped session token holding the characters URL encoding changes (/ + =).
+SESSION_TOKEN = "IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQD+smvision/test+token=="
+
+
+def written_forms(secret: str) -> set[str]:
+    """secret as a log line may carry it: raw, URL-encoded (%2F, + or %2B, %3D), and
+    URL-encoded twice (a URL inside another URL's query)."""
+    from urllib.parse import quote, quote_plus
+
+    once = {quote(secret, safe=""), quote_plus(secret), quote(secret)}
+    return {secret} | once | {quote(form, safe="") for form in once}
+
+
+def test_no_signature_token_or_credential_in_the_log_at_debug_from_any_logger(tmp_path, photos):
+    from urllib.parse import parse_qs, urlsplit
+
+    from conftest import BUCKET
+
+    server = Serve(make_model_dir(tmp_path, "control.py"), tmp_path,
+                   env={"SMVISION_LOG_LEVEL": "debug", "AWS_SESSION_TOKEN": SESSION_TOKEN,
+                        "AWS_ACCESS_KEY_ID": "ASIAEXAMPLESMVISION1"})
+    try:
+        server.wait_ready()
+        assert post_json(server, {"s3_read": [BUCKET, "rocket.jpg"]}).status_code == 200
+        secrets = {SESSION_TOKEN}
+        for version in (None, "s3v4"):  # SigV2's Signature=<base64>, SigV4's X-Amz-Signature=<hex>
+            answer = post_json(server, {"presigned_get": [BUCKET, "rocket.jpg"], "signature_version": version})
+            assert answer.status_code == 200, answer.text
+            query = parse_qs(urlsplit(answer.json()["url"]).query)
+            for name in ("Signature", "X-Amz-Signature", "X-Amz-Credential", "x-amz-security-token",
+                         "X-Amz-Security-Token"):
+                secrets.update(query.get(name, []))
+        assert len(secrets) == 4, secrets  # the token, two signatures, one credential
+        log = server.log()
+        # botocore's and urllib3's debug lines are there, presigned URLs included...
+        assert "botocore.auth" in log and f'"GET /{BUCKET}/rocket.jpg?' in log
+        leaks = sorted(form for secret in secrets for form in written_forms(secret) if form in log)
+        assert not leaks, [line for line in log.splitlines() if any(form in line for form in leaks)][:5]
+        assert "Signature=<redacted>" in log and "X-Amz-Signature=<redacted>" in log  # ...said so
+    finally:
+        assert server.stop() == 0
+
+
 def test_no_model_path_in_error_bodies(tmp_path):
     model_dir = make_model_dir(tmp_path, "control.py")
     server = Serve(model_dir, tmp_path, env={"CONTROL_MODEL_FN_FAIL": f"cannot read {model_dir}/weights.bin"})

@@ -242,3 +242,106 @@ def test_manifest_entries_outside_the_model_dir_are_refused_unread(tmp_path, mon
         read_manifest(model_dir)
     assert hashed == []  # nothing outside (or inside) was read
     assert "model dir" in str(caught.value) and "missing" not in str(caught.value)
+
+
+TOKEN = "IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQD+tok/en=="
+
+
+@pytest.mark.parametrize("text, secrets, kept", [
+    # urllib3, a SigV2 presigned URL: the signature before the token, the line goes on after it
+    ('http://s3:80 "GET /b/k?AWSAccessKeyId=ASIAKEY&Signature=Bj9q%2BNyt%3D&x-amz-security-token='
+     'IQoJb3JpZ2luX2VjEJr%2F%2F%2F%2F%2F%2F%2F%2F%2F%2FwEaCXVzLWVhc3QtMSJHMEUCIQD%2Btok%2Fen%3D%3D'
+     '&Expires=1796441340 HTTP/1.1" 200 2',
+     ["ASIAKEY", "Bj9q%2BNyt%3D", "IQoJb3JpZ2lu"], ["Expires=1796441340 HTTP/1.1\" 200 2", "GET /b/k?"]),
+    # SigV4 presigned URL, and a canonical request's query string
+    ("/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=ASIAKEY%2F20261205%2Fus-east-1%2Fs3%2Faws4_request"
+     "&X-Amz-Date=20261205T022950Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Security-Token="
+     "IQoJb3JpZ2luX2Vj%2Btok%2Fen%3D%3D&X-Amz-Signature=62ebec26757fb90115b4f37671e9566fccd816697a87dcd08a112656104bf787",
+     ["ASIAKEY", "IQoJb3JpZ2lu", "62ebec2675"], ["X-Amz-Date=20261205T022950Z", "X-Amz-SignedHeaders=host"]),
+    # a presigned URL inside another URL's query: encoded twice
+    ("next=http%3A%2F%2Fs3%2Fb%2Fk%3FX-Amz-Security-Token%3DIQoJb3JpZ2luX2Vj%252Btok%252Fen%253D%26"
+     "X-Amz-Signature%3D62ebec26757fb901%26X-Amz-Date%3D20261205",
+     ["IQoJb3JpZ2lu", "62ebec2675", "tok%252Fen"], ["X-Amz-Date%3D20261205"]),
+    # botocore: the signed request's headers, the canonical request, the signature
+    ("headers={'X-Amz-Date': b'20261205T022900Z', 'X-Amz-Security-Token': b'" + TOKEN + "', "
+     "'Authorization': b'AWS4-HMAC-SHA256 Credential=ASIAKEY/20261205/us-east-1/s3/aws4_request, "
+     "SignedHeaders=host, Signature=62ebec26757fb901'}",
+     [TOKEN, "ASIAKEY", "62ebec2675"], ["'X-Amz-Date': b'20261205T022900Z'"]),
+    ("CanonicalRequest:\nGET\n/b/k\n\nhost:s3\nx-amz-security-token:" + TOKEN + "\n\nhost;x-amz-security-token\nUNSIGNED",
+     [TOKEN], ["host;x-amz-security-token\nUNSIGNED"]),
+    ("Signature:\n62ebec26757fb90115b4f37671e9566fccd816697a87dcd08a112656104bf787", ["62ebec2675"], ["Signature:"]),
+    # a presigned POST's fields, credentials as JSON and as STS's XML
+    ("{'x-amz-credential': 'ASIAKEY/20261205/us-east-1/s3/aws4_request', 'x-amz-security-token': '" + TOKEN + "', "
+     "'x-amz-signature': '98b7c05e4608dc59'}", ["ASIAKEY", TOKEN, "98b7c05e46"], ["'x-amz-signature': "]),
+    ('{"AccessKeyId": "ASIAKEY", "SecretAccessKey": "wJalrXUtnFEMI", "SessionToken": "' + TOKEN + '"}',
+     ["wJalrXUtnFEMI", TOKEN], ['"AccessKeyId": "ASIAKEY"']),
+    ("b'<Credentials><SessionToken>" + TOKEN + "</SessionToken><SecretAccessKey>wJalrXUtnFEMI</SecretAccessKey>"
+     "</Credentials>'", [TOKEN, "wJalrXUtnFEMI"], ["<Credentials>"]),
+    # nothing secret: left alone
+    ("Calculating signature using v4 auth. {'signature_version': 's3v4', 'signing_name': 's3'}", [],
+     ["Calculating signature using v4 auth. {'signature_version': 's3v4', 'signing_name': 's3'}"]),
+])
+def test_log_lines_carry_no_credentials_raw_or_url_encoded(text, secrets, kept):
+    import logging
+
+    from smvision.container.logs import SafeFormatter, redact
+
+    out = redact(text)
+    assert not [secret for secret in secrets if secret in out], out
+    assert all(part in out for part in kept), out
+    assert redact(out) == out
+    record = logging.LogRecord("botocore.endpoint", logging.DEBUG, __file__, 1, "%s", (text,), None)
+    line = SafeFormatter("%(name)s: %(message)s").format(record)
+    assert not [secret for secret in secrets if secret in line] and "\n" not in line
+
+
+def request_with_body(headers: dict[str, str], pieces, pause: float = 0.0):
+    """A starlette Request whose receive() hands out `pieces` (an iterable of bytes, the
+    last one ending the body), `pause` seconds apart; and a list counting the calls."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    calls: list[int] = []
+    source = iter(pieces)
+
+    async def receive() -> dict:
+        calls.append(1)
+        await asyncio.sleep(pause)
+        piece = next(source, None)
+        if piece is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": piece, "more_body": True}
+
+    scope = {"type": "http", "method": "POST", "path": "/invocations",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    return Request(scope, receive), calls
+
+
+def endless(piece: bytes):
+    while True:
+        yield piece
+
+
+def test_a_refused_body_is_discarded_only_within_its_bound_in_bytes_and_time():
+    import asyncio
+
+    from smvision.container.body import DISCARD_ALLOWANCE, MB, discard_bound, discard_rest
+
+    assert discard_bound(2 * MB) == 8 * MB + DISCARD_ALLOWANCE and discard_bound(None) == DISCARD_ALLOWANCE
+    chunked = {"transfer-encoding": "chunked"}
+    # the rest of the body arrives: read to its end, the connection stays usable
+    request, calls = request_with_body(chunked, [b"x" * MB] * 5)
+    assert asyncio.run(discard_rest(request, 3 * MB, bound=20 * MB)) and len(calls) == 6
+    # an endless body: read up to the bound, then given up
+    request, calls = request_with_body(chunked, endless(b"x" * MB))
+    assert not asyncio.run(discard_rest(request, 0, bound=5 * MB)) and len(calls) == 6
+    # a slow one: given up after the time allowed
+    request, calls = request_with_body(chunked, endless(b"x"), pause=0.05)
+    started = time.monotonic()
+    assert not asyncio.run(discard_rest(request, 0, bound=5 * MB, seconds=0.3))
+    assert 0.25 < time.monotonic() - started < 1.0
+    # declared past the bound, or held back for a 100 Continue: nothing is read
+    for headers in ({"content-length": str(6 * MB)}, {"content-length": "100", "expect": "100-continue"}):
+        request, calls = request_with_body(headers, [b"x" * 100])
+        assert not asyncio.run(discard_rest(request, 0, bound=5 * MB)) and calls == []
