@@ -22,7 +22,7 @@ def _fails_cleanly(handler: ArgHandler) -> ArgHandler:
         from botocore.exceptions import BotoCoreError, ClientError
 
         from smvision.archive.push import PushError
-        from smvision.deploy.aws import AwsError
+        from smvision.deploy.aws import AwsError, describe_error
         from smvision.deploy.local_server import ServerError
 
         try:
@@ -30,8 +30,7 @@ def _fails_cleanly(handler: ArgHandler) -> ArgHandler:
         except (AwsError, PushError, ServerError) as exc:
             print(f"smvision: error: {exc}", file=sys.stderr)
         except ClientError as exc:
-            error = exc.response.get("Error", {})
-            print(f"smvision: error: {exc.operation_name}: {error.get('Code')}: {error.get('Message')}", file=sys.stderr)
+            print(f"smvision: error: {describe_error(exc)}", file=sys.stderr)
         except BotoCoreError as exc:
             print(f"smvision: error: {exc}", file=sys.stderr)
         return 1
@@ -56,7 +55,8 @@ def _key_values(pairs: list[str] | None, option: str = "--env") -> dict[str, str
 def _push(args: argparse.Namespace) -> int:
     from smvision.archive.push import push_archive
 
-    result = push_archive(args.archive, args.bucket, args.prefix, args.env, show_progress=not args.no_progress)
+    result = push_archive(args.archive, args.bucket, args.prefix, args.env, show_progress=not args.no_progress,
+                          region=args.region)
     print(f"manifest sha256 {result.manifest_sha256} ({result.kind}, {result.size} bytes)", file=sys.stderr)
     print(result.uri)
     return 0
@@ -248,20 +248,30 @@ def _transform_local(args: argparse.Namespace) -> int:
         raise ValueError("--local needs --model-dir DIR (an extracted archive) or --server-url URL, one of them")
     if args.server_url:
         report = run_local_transform(args.server_url.rstrip("/"), args.input, args.output, options,
-                                     show_progress=not args.no_progress)
+                                     region=args.region, show_progress=not args.no_progress)
     else:
         report = transform_with_local_server(args.model_dir, args.input, args.output, options,
-                                             show_progress=not args.no_progress)
+                                             region=args.region, show_progress=not args.no_progress)
+    return _print_transform_report(report)
+
+
+def _print_transform_report(report: Any) -> int:
+    """The .out URIs on stdout; settings, one row per input and what is missing on stderr.
+    Exit code: 0 when every input was written, 130 after Ctrl-C, else 1."""
     for uri in report.outputs:
         print(uri)
     settings = report.settings
-    print(f"{report.inputs} input(s), {report.records} record(s), {report.requests} request(s) "
-          f"({settings.batch_strategy}, MaxPayloadInMB {settings.max_payload_mb:g}, "
-          f"MaxConcurrentTransforms {settings.max_concurrent})", file=sys.stderr)
-    for failure in report.failures:
-        print(f"smvision: error: {failure}", file=sys.stderr)
-    if report.failures:
-        print(f"smvision: error: {len(report.failures)} input(s) failed: no .out for them", file=sys.stderr)
+    if settings is not None:
+        print(f"{report.inputs} input(s), {report.records} record(s), {report.requests} request(s) "
+              f"({settings.batch_strategy}, MaxPayloadInMB {settings.max_payload_mb:g}, "
+              f"MaxConcurrentTransforms {settings.max_concurrent})", file=sys.stderr)
+    print("\n".join(report.summary()), file=sys.stderr)
+    missing = report.missing()
+    if report.interrupted:
+        print(f"smvision: interrupted: {missing or 'every input was written'}", file=sys.stderr)
+        return 130
+    if missing:
+        print(f"smvision: error: {missing}", file=sys.stderr)
         return 1
     return 0
 
@@ -303,7 +313,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def add_region_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
+    parser.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION / profile, then AWS_REGION)")
 
 
 def add_wait_arguments(parser: argparse.ArgumentParser, timeout_s: float, timeout_help: str, poll_s: float) -> None:
@@ -345,6 +355,7 @@ def add_push_command(archive_commands: Any) -> None:
     push.add_argument("--prefix", default="", help="key prefix (e.g. efficientdet-d0)")
     push.add_argument("--env", required=True, choices=("dev", "staging", "prod"))
     push.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_region_argument(push)
     push.set_defaults(run=_push)
 
 
