@@ -152,11 +152,34 @@ def _request_body(args: argparse.Namespace) -> tuple[bytes, str]:
         content_type = args.content_type
     else:
         path = Path(args.body)
-        body = path.read_bytes()
+        body = _read_body_file(path)
         content_type = args.content_type or GUESSED_TYPES.get(path.suffix.lower())
     if not content_type:
         raise ValueError("--content-type is needed (it cannot be guessed from the body's file name)")
     return body, content_type
+
+
+def _read_body_file(path: Any) -> bytes:
+    """The body file's bytes; ValueError (a usage error) when it is missing, a directory or unreadable."""
+    if path.is_dir():
+        raise ValueError(f"the body file {path} is a directory: give a file, or - for stdin")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read the body file {path}: {exc.strerror or exc}") from None
+
+
+def _check_output_file(name: str | None) -> None:
+    """--output must be a file name in a folder that exists: checked before the endpoint is called."""
+    from pathlib import Path
+
+    if name is None:
+        return
+    path = Path(name)
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a directory: give a file name")
+    if not path.parent.is_dir():
+        raise ValueError(f"--output {path}: the folder {path.parent} does not exist")
 
 
 def _params(pairs: list[str] | None) -> dict[str, Any]:
@@ -175,6 +198,7 @@ def _invoke(args: argparse.Namespace) -> int:
     from smvision.deploy import aws, invoke
 
     body, content_type = _request_body(args)
+    _check_output_file(args.output)
     region = args.region or aws.region_name()
     runtime = aws.client("sagemaker-runtime", region)
     if args.use_async:
@@ -186,8 +210,12 @@ def _invoke(args: argparse.Namespace) -> int:
     else:
         payload = invoke.invoke(runtime, args.name, body, content_type, accept=args.accept).body
     if args.output:
-        with open(args.output, "wb") as handle:
-            handle.write(payload)
+        try:
+            with open(args.output, "wb") as handle:
+                handle.write(payload)
+        except OSError as exc:
+            print(f"smvision: error: cannot write the answer to {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     else:
         sys.stdout.buffer.write(payload if payload.endswith(b"\n") else payload + b"\n")
         sys.stdout.flush()
@@ -305,6 +333,9 @@ def _bench(args: argparse.Namespace) -> int:
         send, target = bench.endpoint_sender(runtime, args.name, content_type, args.accept), f"endpoint {args.name}"
     result = bench.run_bench(send, bodies, images, args.requests, args.concurrency, warmup=args.warmup)
     print(json.dumps(result.summary(), indent=2) if args.json else bench.format_result(result, target))
+    if bench.all_failed(result):
+        print(f"smvision: error: {bench.all_failed(result)}: no rate to report", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from smvision.deploy import batching
 from smvision.deploy.aws import RETRIES, AwsError, bucket_problem, configured_region, describe_error, error_code
 from smvision.deploy.batching import MiniBatch, PayloadTooLarge
-from smvision.deploy.local_server import LocalServer
+from smvision.deploy.local_server import LocalServer, error_text
 from smvision.deploy.progress import Report, progress_bar, report_to_stderr
 
 DEFAULT_MAX_PAYLOAD_MB = 6.0
@@ -286,17 +286,6 @@ def _failed_record(batch: MiniBatch, message: str) -> tuple[int | None, int | No
     return None, None
 
 
-def _error_message(status: int, data: bytes) -> str:
-    text = data.decode("utf-8", "replace")
-    try:
-        answer = json.loads(text)
-        if isinstance(answer, dict) and isinstance(answer.get("error"), str):
-            return answer["error"]
-    except ValueError:
-        pass
-    return text.strip()[:500] or f"HTTP {status}"
-
-
 def _read_failure(uri: str, exc: Exception) -> Failure:
     """Why an input could not be read, with what to do for an archived object."""
     message = describe_error(exc)
@@ -468,7 +457,7 @@ class _Run:
             with self.lock:
                 self.records_bar.update(len(batch.records))
             return
-        message = _error_message(status or 0, data)
+        message = error_text(status or 0, data)
         record, line = _failed_record(batch, message)
         with self.lock:
             if state.failure is None:
