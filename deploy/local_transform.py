@@ -383,12 +383,16 @@ class _Run:
                 self.stop(workers)
 
     def stop(self, workers: _Workers, wait_s: float = 60) -> None:
+        """Send nothing more; wait (up to wait_s, or a second Ctrl-C) for uploads under way."""
         with self.lock:
             self.stopping = True
-        workers.abandon()
-        with self.writes_done:
-            self.writes_done.wait_for(lambda: self.writing == 0, timeout=wait_s)
         self.report.interrupted = True
+        workers.abandon()
+        try:
+            with self.writes_done:
+                self.writes_done.wait_for(lambda: self.writing == 0, timeout=wait_s)
+        except KeyboardInterrupt:  # an upload not waited for: its input stays interrupted
+            pass
 
     def start(self, key: str, name: str, workers: _Workers) -> None:
         """Read one input, split it, and queue its mini-batches (or settle it at once)."""
