@@ -103,7 +103,8 @@ def push_archive(
     key = destination_key(prefix, env, utc_stamp(now))
     size = archive.stat().st_size
 
-    s3 = boto3.client("s3", region_name=region or configured_region(), config=Config(retries={"mode": "standard", "max_attempts": 10}))
+    retries = Config(retries={"mode": "standard", "max_attempts": 10})
+    s3 = boto3.client("s3", region_name=region or configured_region(), config=retries)
     transfer = TransferConfig(
         multipart_threshold=multipart_threshold, multipart_chunksize=chunk_size, max_concurrency=max_concurrency
     )

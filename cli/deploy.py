@@ -9,6 +9,7 @@ import argparse
 import functools
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 ArgHandler = Callable[[argparse.Namespace], int]
@@ -136,8 +137,6 @@ GUESSED_TYPES = {".csv": "text/csv", ".json": "application/json", ".jsonl": "app
 
 def _request_body(args: argparse.Namespace) -> tuple[bytes, str]:
     """The body and its content type from --s3, a file, or stdin."""
-    from pathlib import Path
-
     from smvision.deploy.invoke import body_for_images
 
     if args.s3:
@@ -159,7 +158,7 @@ def _request_body(args: argparse.Namespace) -> tuple[bytes, str]:
     return body, content_type
 
 
-def _read_body_file(path: Any) -> bytes:
+def _read_body_file(path: Path) -> bytes:
     """The body file's bytes; ValueError (a usage error) when it is missing, a directory or unreadable."""
     if path.is_dir():
         raise ValueError(f"the body file {path} is a directory: give a file, or - for stdin")
@@ -171,8 +170,6 @@ def _read_body_file(path: Any) -> bytes:
 
 def _check_output_file(name: str | None) -> None:
     """--output must be a file name in a folder that exists: checked before the endpoint is called."""
-    from pathlib import Path
-
     if name is None:
         return
     path = Path(name)

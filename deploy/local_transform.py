@@ -148,7 +148,8 @@ class TransformReport:
     def summary(self) -> list[str]:
         """'N input(s): W written, F failed, ...' and a row per input."""
         counts = self.counts()
-        parts = [f"{counts[WRITTEN]} {WRITTEN}"] + [f"{n} {state}" for state, n in counts.items() if n and state != WRITTEN]
+        others = [f"{n} {state}" for state, n in counts.items() if n and state != WRITTEN]
+        parts = [f"{counts[WRITTEN]} {WRITTEN}", *others]
         return [f"{self.inputs} input(s): {', '.join(parts)}"] + [outcome.row() for outcome in self.outcomes()]
 
     def missing(self) -> str:
@@ -156,7 +157,8 @@ class TransformReport:
         counts = {state: n for state, n in self.counts().items() if n and state != WRITTEN}
         if not counts:
             return ""
-        return f"{sum(counts.values())} input(s) without .out: " + ", ".join(f"{n} {state}" for state, n in counts.items())
+        states = ", ".join(f"{n} {state}" for state, n in counts.items())
+        return f"{sum(counts.values())} input(s) without .out: {states}"
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,8 @@ def list_inputs(s3: Any, input_uri: str) -> list[tuple[str, str]]:
                 if not item["Key"].endswith("/"):
                     found.append((item["Key"], item["Key"][len(base):]))
     except ClientError as exc:
-        problem = bucket_problem(exc, bucket, "input bucket", "s3:ListBucket") or f"listing {input_uri}: {describe_error(exc)}"
+        problem = bucket_problem(exc, bucket, "input bucket", "s3:ListBucket") or (
+            f"listing {input_uri}: {describe_error(exc)}")
         raise TransformError(f"{problem}; nothing was read or sent") from None
     return sorted(found)
 
@@ -367,7 +370,8 @@ class _Run:
         self.stopping = False
         self.slots = threading.BoundedSemaphore(self.settings.max_concurrent * 2)  # bounds what is read ahead
         self.in_flight = 0
-        self.files_bar = progress_bar(total=len(plan.inputs), desc="files", unit="file", position=0, enabled=show_progress)
+        self.files_bar = progress_bar(total=len(plan.inputs), desc="files", unit="file", position=0,
+                                      enabled=show_progress)
         self.records_bar = progress_bar(total=0, desc="records", unit="rec", position=1, enabled=show_progress)
 
     def run(self, report_line: Report) -> None:
