@@ -20,6 +20,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from smvision.deploy.aws import bucket_problem, configured_region, error_code
 from smvision.deploy.progress import progress_bar
 from smvision.manifest import MANIFEST_NAME
 
@@ -68,13 +69,11 @@ def destination_key(prefix: str, env: str, stamp: str) -> str:
 
 
 def _s3_error(exc: ClientError, bucket: str) -> PushError:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code in ("404", "NoSuchBucket") or status == 404:
-        return PushError(f"bucket {bucket!r} does not exist (or is in another account): create it first")
-    if code in ("403", "AccessDenied", "AllAccessDisabled") or status == 403:
-        return PushError(f"access to bucket {bucket!r} denied: the credentials need s3:PutObject on it")
-    return PushError(f"S3 refused the upload to bucket {bucket!r}: {code or status}: {exc}")
+    problem = bucket_problem(exc, bucket, "bucket", "s3:PutObject")
+    if problem:
+        return PushError(problem)
+    code = error_code(exc) or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return PushError(f"S3 refused the upload to bucket {bucket!r}: {code}: {exc}")
 
 
 def push_archive(
@@ -88,8 +87,10 @@ def push_archive(
     max_concurrency: int = 8,
     show_progress: bool = True,
     now: datetime | None = None,
+    region: str | None = None,
 ) -> PushResult:
-    """Upload archive and return where it went. Raises PushError with a clear message."""
+    """Upload archive and return where it went (region: the S3 client's; default: the
+    configured one). Raises PushError with a clear message."""
     archive = Path(archive)
     if not archive.is_file():
         raise PushError(f"{archive} does not exist")
@@ -102,7 +103,8 @@ def push_archive(
     key = destination_key(prefix, env, utc_stamp(now))
     size = archive.stat().st_size
 
-    s3 = boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 10}))
+    retries = Config(retries={"mode": "standard", "max_attempts": 10})
+    s3 = boto3.client("s3", region_name=region or configured_region(), config=retries)
     transfer = TransferConfig(
         multipart_threshold=multipart_threshold, multipart_chunksize=chunk_size, max_concurrency=max_concurrency
     )

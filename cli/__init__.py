@@ -146,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"smvision: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("smvision: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import argparse
 import functools
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 ArgHandler = Callable[[argparse.Namespace], int]
@@ -22,7 +23,7 @@ def _fails_cleanly(handler: ArgHandler) -> ArgHandler:
         from botocore.exceptions import BotoCoreError, ClientError
 
         from smvision.archive.push import PushError
-        from smvision.deploy.aws import AwsError
+        from smvision.deploy.aws import AwsError, describe_error
         from smvision.deploy.local_server import ServerError
 
         try:
@@ -30,8 +31,7 @@ def _fails_cleanly(handler: ArgHandler) -> ArgHandler:
         except (AwsError, PushError, ServerError) as exc:
             print(f"smvision: error: {exc}", file=sys.stderr)
         except ClientError as exc:
-            error = exc.response.get("Error", {})
-            print(f"smvision: error: {exc.operation_name}: {error.get('Code')}: {error.get('Message')}", file=sys.stderr)
+            print(f"smvision: error: {describe_error(exc)}", file=sys.stderr)
         except BotoCoreError as exc:
             print(f"smvision: error: {exc}", file=sys.stderr)
         return 1
@@ -56,7 +56,8 @@ def _key_values(pairs: list[str] | None, option: str = "--env") -> dict[str, str
 def _push(args: argparse.Namespace) -> int:
     from smvision.archive.push import push_archive
 
-    result = push_archive(args.archive, args.bucket, args.prefix, args.env, show_progress=not args.no_progress)
+    result = push_archive(args.archive, args.bucket, args.prefix, args.env, show_progress=not args.no_progress,
+                          region=args.region)
     print(f"manifest sha256 {result.manifest_sha256} ({result.kind}, {result.size} bytes)", file=sys.stderr)
     print(result.uri)
     return 0
@@ -136,8 +137,6 @@ GUESSED_TYPES = {".csv": "text/csv", ".json": "application/json", ".jsonl": "app
 
 def _request_body(args: argparse.Namespace) -> tuple[bytes, str]:
     """The body and its content type from --s3, a file, or stdin."""
-    from pathlib import Path
-
     from smvision.deploy.invoke import body_for_images
 
     if args.s3:
@@ -152,11 +151,32 @@ def _request_body(args: argparse.Namespace) -> tuple[bytes, str]:
         content_type = args.content_type
     else:
         path = Path(args.body)
-        body = path.read_bytes()
+        body = _read_body_file(path)
         content_type = args.content_type or GUESSED_TYPES.get(path.suffix.lower())
     if not content_type:
         raise ValueError("--content-type is needed (it cannot be guessed from the body's file name)")
     return body, content_type
+
+
+def _read_body_file(path: Path) -> bytes:
+    """The body file's bytes; ValueError (a usage error) when it is missing, a directory or unreadable."""
+    if path.is_dir():
+        raise ValueError(f"the body file {path} is a directory: give a file, or - for stdin")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read the body file {path}: {exc.strerror or exc}") from None
+
+
+def _check_output_file(name: str | None) -> None:
+    """--output must be a file name in a folder that exists: checked before the endpoint is called."""
+    if name is None:
+        return
+    path = Path(name)
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a directory: give a file name")
+    if not path.parent.is_dir():
+        raise ValueError(f"--output {path}: the folder {path.parent} does not exist")
 
 
 def _params(pairs: list[str] | None) -> dict[str, Any]:
@@ -175,6 +195,7 @@ def _invoke(args: argparse.Namespace) -> int:
     from smvision.deploy import aws, invoke
 
     body, content_type = _request_body(args)
+    _check_output_file(args.output)
     region = args.region or aws.region_name()
     runtime = aws.client("sagemaker-runtime", region)
     if args.use_async:
@@ -186,8 +207,12 @@ def _invoke(args: argparse.Namespace) -> int:
     else:
         payload = invoke.invoke(runtime, args.name, body, content_type, accept=args.accept).body
     if args.output:
-        with open(args.output, "wb") as handle:
-            handle.write(payload)
+        try:
+            with open(args.output, "wb") as handle:
+                handle.write(payload)
+        except OSError as exc:
+            print(f"smvision: error: cannot write the answer to {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     else:
         sys.stdout.buffer.write(payload if payload.endswith(b"\n") else payload + b"\n")
         sys.stdout.flush()
@@ -248,20 +273,30 @@ def _transform_local(args: argparse.Namespace) -> int:
         raise ValueError("--local needs --model-dir DIR (an extracted archive) or --server-url URL, one of them")
     if args.server_url:
         report = run_local_transform(args.server_url.rstrip("/"), args.input, args.output, options,
-                                     show_progress=not args.no_progress)
+                                     region=args.region, show_progress=not args.no_progress)
     else:
         report = transform_with_local_server(args.model_dir, args.input, args.output, options,
-                                             show_progress=not args.no_progress)
+                                             region=args.region, show_progress=not args.no_progress)
+    return _print_transform_report(report)
+
+
+def _print_transform_report(report: Any) -> int:
+    """The .out URIs on stdout; settings, one row per input and what is missing on stderr.
+    Exit code: 0 when every input was written, 130 after Ctrl-C, else 1."""
     for uri in report.outputs:
         print(uri)
     settings = report.settings
-    print(f"{report.inputs} input(s), {report.records} record(s), {report.requests} request(s) "
-          f"({settings.batch_strategy}, MaxPayloadInMB {settings.max_payload_mb:g}, "
-          f"MaxConcurrentTransforms {settings.max_concurrent})", file=sys.stderr)
-    for failure in report.failures:
-        print(f"smvision: error: {failure}", file=sys.stderr)
-    if report.failures:
-        print(f"smvision: error: {len(report.failures)} input(s) failed: no .out for them", file=sys.stderr)
+    if settings is not None:
+        print(f"{report.inputs} input(s), {report.records} record(s), {report.requests} request(s) "
+              f"({settings.batch_strategy}, MaxPayloadInMB {settings.max_payload_mb:g}, "
+              f"MaxConcurrentTransforms {settings.max_concurrent})", file=sys.stderr)
+    print("\n".join(report.summary()), file=sys.stderr)
+    missing = report.missing()
+    if report.interrupted:
+        print(f"smvision: interrupted: {missing or 'every input was written'}", file=sys.stderr)
+        return 130
+    if missing:
+        print(f"smvision: error: {missing}", file=sys.stderr)
         return 1
     return 0
 
@@ -295,6 +330,9 @@ def _bench(args: argparse.Namespace) -> int:
         send, target = bench.endpoint_sender(runtime, args.name, content_type, args.accept), f"endpoint {args.name}"
     result = bench.run_bench(send, bodies, images, args.requests, args.concurrency, warmup=args.warmup)
     print(json.dumps(result.summary(), indent=2) if args.json else bench.format_result(result, target))
+    if bench.all_failed(result):
+        print(f"smvision: error: {bench.all_failed(result)}: no rate to report", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -303,7 +341,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def add_region_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
+    parser.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION / profile, then AWS_REGION)")
 
 
 def add_wait_arguments(parser: argparse.ArgumentParser, timeout_s: float, timeout_help: str, poll_s: float) -> None:
@@ -345,6 +383,7 @@ def add_push_command(archive_commands: Any) -> None:
     push.add_argument("--prefix", default="", help="key prefix (e.g. efficientdet-d0)")
     push.add_argument("--env", required=True, choices=("dev", "staging", "prod"))
     push.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_region_argument(push)
     push.set_defaults(run=_push)
 
 

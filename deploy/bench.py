@@ -17,16 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import urllib3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from smvision.deploy.aws import error_code
+from smvision.deploy.aws import describe_error, error_code
+from smvision.deploy.local_server import error_text
 from smvision.deploy.stats import percentile
+
+ERROR_CHARS = 300  # of an error message kept per status
 
 
 @dataclass(frozen=True)
 class Outcome:
     status: int  # HTTP status the model gave (200, or the container's original status); 0: no answer
     server_timing: str | None = None
+    error: str | None = None  # why it failed: the server's message, or why there was no answer
 
 
 Send = Callable[[bytes], Outcome]
@@ -102,9 +106,10 @@ def http_sender(url: str, content_type: str, accept: str | None = None, timeout_
     def send(body: bytes) -> Outcome:
         try:
             response = http.request("POST", target, body=body, headers=headers, timeout=timeout)
-        except urllib3.exceptions.HTTPError:
-            return Outcome(0)
-        return Outcome(response.status, response.headers.get("Server-Timing"))
+        except urllib3.exceptions.HTTPError as exc:
+            return Outcome(0, error=str(exc)[:ERROR_CHARS])
+        error = None if 200 <= response.status < 300 else error_text(response.status, response.data)[:ERROR_CHARS]
+        return Outcome(response.status, response.headers.get("Server-Timing"), error)
 
     return send
 
@@ -119,8 +124,12 @@ def endpoint_sender(runtime: Any, endpoint: str, content_type: str, accept: str 
             response["Body"].read()
         except ClientError as exc:
             if error_code(exc) == "ModelError":
-                return Outcome(int(exc.response.get("OriginalStatusCode") or 0))
-            return Outcome(int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0))
+                message = str(exc.response.get("OriginalMessage") or describe_error(exc))
+                return Outcome(int(exc.response.get("OriginalStatusCode") or 0), error=message[:ERROR_CHARS])
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            return Outcome(status, error=describe_error(exc)[:ERROR_CHARS])
+        except BotoCoreError as exc:  # no answer: connection refused, timeout
+            return Outcome(0, error=str(exc)[:ERROR_CHARS])
         headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
         return Outcome(200, headers.get("server-timing"))
 
@@ -137,6 +146,12 @@ class BenchResult:
     latencies_ms: list[float]
     errors: dict[int, int]
     stages_ms: dict[str, float] = field(default_factory=dict)  # mean per answered request
+    first_error: dict[int, str] = field(default_factory=dict)  # status -> the first error message seen
+
+    @property
+    def has_rate(self) -> bool:
+        """A rate means something only when some request was answered (2xx)."""
+        return self.ok > 0 and self.seconds > 0
 
     def summary(self) -> dict[str, Any]:
         lat = self.latencies_ms
@@ -145,12 +160,13 @@ class BenchResult:
             "concurrency": self.concurrency,
             "ok": self.ok,
             "seconds": round(self.seconds, 3),
-            "requests_per_s": round(self.requests / self.seconds, 3) if self.seconds else None,
-            "images_per_s": round(self.images / self.seconds, 3) if self.seconds else None,
+            "requests_per_s": round(self.requests / self.seconds, 3) if self.has_rate else None,
+            "images_per_s": round(self.images / self.seconds, 3) if self.has_rate else None,
             "p50_ms": round(percentile(lat, 0.5), 2) if lat else None,
             "p95_ms": round(percentile(lat, 0.95), 2) if lat else None,
             "p99_ms": round(percentile(lat, 0.99), 2) if lat else None,
             "errors": {str(status): count for status, count in sorted(self.errors.items())},
+            "first_error": {str(status): message for status, message in sorted(self.first_error.items())},
             "server_stages_ms": {name: round(value, 2) for name, value in self.stages_ms.items()},
         }
 
@@ -170,6 +186,7 @@ def run_bench(send: Send, bodies: Sequence[bytes], images: Sequence[int], reques
     lock = threading.Lock()
     latencies: list[float] = []
     errors: Counter[int] = Counter()
+    first_error: dict[int, str] = {}
     stage_sums: dict[str, float] = defaultdict(float)
     timed = [0]
     done_images = [0]
@@ -186,6 +203,7 @@ def run_bench(send: Send, bodies: Sequence[bytes], images: Sequence[int], reques
                 done_images[0] += images[index % len(bodies)]
             else:
                 errors[outcome.status] += 1
+                first_error.setdefault(outcome.status, outcome.error or "")
             if stages:
                 timed[0] += 1
                 for name, value in stages.items():
@@ -196,22 +214,39 @@ def run_bench(send: Send, bodies: Sequence[bytes], images: Sequence[int], reques
         list(pool.map(one, range(requests)))
     seconds = time.perf_counter() - started
     stages_ms = {name: total / timed[0] for name, total in stage_sums.items()} if timed[0] else {}
-    return BenchResult(requests, concurrency, seconds, len(latencies), done_images[0], latencies, dict(errors), stages_ms)
+    return BenchResult(requests, concurrency, seconds, len(latencies), done_images[0], latencies, dict(errors), stages_ms,
+                       first_error)
 
 
 def format_result(result: BenchResult, target: str) -> str:
     """The human-readable report `smvision bench` prints."""
     s = result.summary()
+    rate = (f"{s['requests_per_s']:.2f} requests/s, {s['images_per_s']:.2f} images/s" if result.has_rate
+            else "no rate: no request was answered")
     lines = [
         f"target      {target}",
-        f"requests    {s['requests']} at concurrency {s['concurrency']} in {s['seconds']:.2f} s: "
-        f"{s['requests_per_s']:.2f} requests/s, {s['images_per_s']:.2f} images/s",
+        f"requests    {s['requests']} at concurrency {s['concurrency']} in {s['seconds']:.2f} s: {rate}",
     ]
     if result.latencies_ms:
         lines.append(f"latency ms  p50 {s['p50_ms']:.1f}  p95 {s['p95_ms']:.1f}  p99 {s['p99_ms']:.1f}  ({s['ok']} answered)")
-    errors = ", ".join(f"{status or 'no answer'}: {count}" for status, count in sorted(result.errors.items()))
-    lines.append(f"errors      {errors or 'none'}")
+    errors = [f"{status_name(status)}: {count}" + (f" (first: {result.first_error[status]})"
+                                                     if result.first_error.get(status) else "")
+              for status, count in sorted(result.errors.items())]
+    lines.append(f"errors      {'; '.join(errors) or 'none'}")
     if result.stages_ms:
         stages = "  ".join(f"{name} {value:.1f}" for name, value in result.stages_ms.items())
         lines.append(f"server ms   {stages}  (Server-Timing, mean per request)")
     return "\n".join(lines)
+
+
+def status_name(status: int) -> str:
+    """How a status reads in the report: the number, or 'no answer' for 0."""
+    return str(status) if status else "no answer"
+
+
+def all_failed(result: BenchResult) -> str:
+    """'every request failed (no answer: 3)' when no request was answered, else ''."""
+    if result.ok:
+        return ""
+    counts = ", ".join(f"{status_name(status)}: {count}" for status, count in sorted(result.errors.items()))
+    return f"every request failed ({counts})"

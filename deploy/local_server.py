@@ -23,11 +23,17 @@ class ServerError(RuntimeError):
     """The local server did not become ready; the message carries its log's tail."""
 
 
-def _error_text(data: bytes) -> str:
+def error_text(status: int, data: bytes) -> str:
+    """The server's message in an error answer: its JSON "error", else the text (500
+    characters at most), else 'HTTP <status>'."""
+    text = data.decode("utf-8", "replace")
     try:
-        return str(json.loads(data)["error"])
-    except (ValueError, KeyError, TypeError):
-        return data.decode("utf-8", "replace")
+        answer = json.loads(text)
+        if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+            return answer["error"]
+    except ValueError:
+        pass
+    return text.strip()[:500] or f"HTTP {status}"
 
 
 class LocalServer:
@@ -89,7 +95,7 @@ class LocalServer:
             if answer is not None and answer.status == 200 and self.loaded_workers() >= (self.workers or 0):
                 return
             if answer is not None and b"failed to load" in answer.data:  # for good: no point waiting
-                raise ServerError(f"{self.model_dir}: {_error_text(answer.data)}\n{self.log_tail()}")
+                raise ServerError(f"{self.model_dir}: {error_text(answer.status, answer.data)}\n{self.log_tail()}")
             time.sleep(0.2)
         raise ServerError(f"smvision serve not ready after {self.ready_timeout_s:g} s:\n{self.log_tail()}")
 

@@ -1,29 +1,35 @@
 """Batch transform on this machine, with SageMaker's semantics, against `smvision serve`.
 
-Input objects under an S3 prefix are split into records and mini-batches
-(smvision.deploy.batching), sent as POST /invocations to a local server (started here
-with SAGEMAKER_BATCH=true and the batch variables, or one already running), with at most
-MaxConcurrentTransforms requests in flight. Each input gets `<input name>.out` under the
-output prefix, answers in input order, written only when every record succeeded. As
-SageMaker does, GET /execution-parameters is read first and fills in the options the
-caller left out.
+The output bucket is checked and the inputs listed first (plan_transform): a missing or
+unreachable bucket stops the run before anything is read or sent. Input objects under the
+S3 prefix are split into records and mini-batches (smvision.deploy.batching), sent as POST
+/invocations to a local server (started here with SAGEMAKER_BATCH=true and the batch
+variables, or one already running), with at most MaxConcurrentTransforms requests in
+flight. Each input gets `<input name>.out` under the output prefix, answers in input
+order, written only when every record succeeded. As SageMaker does, GET
+/execution-parameters is read first and fills in the options the caller left out.
+
+Every input ends written, failed (a read, a record or the write; the failure names it) or,
+after Ctrl-C, interrupted or not started: TransformReport.outcomes().
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import urllib3
+from botocore.exceptions import BotoCoreError, ClientError
 
 from smvision.deploy import batching
+from smvision.deploy.aws import RETRIES, AwsError, bucket_problem, configured_region, describe_error, error_code
 from smvision.deploy.batching import MiniBatch, PayloadTooLarge
-from smvision.deploy.local_server import LocalServer
-from smvision.deploy.progress import progress_bar
+from smvision.deploy.local_server import LocalServer, error_text
+from smvision.deploy.progress import Report, progress_bar, report_to_stderr
 
 DEFAULT_MAX_PAYLOAD_MB = 6.0
 _STRATEGY_NAMES = {"MULTI_RECORD": "MultiRecord", "SINGLE_RECORD": "SingleRecord",
@@ -77,15 +83,102 @@ class Failure:
         return f"{self.input_uri}: {where}{status}{self.message}"
 
 
+WRITTEN, FAILED, INTERRUPTED, NOT_STARTED = "written", "failed", "interrupted", "not started"
+STATES = (WRITTEN, FAILED, INTERRUPTED, NOT_STARTED)
+
+
+class TransformError(AwsError):
+    """The transform cannot start (a bucket missing or out of reach); nothing was read or sent."""
+
+
+@dataclass(frozen=True)
+class InputOutcome:
+    """How one input ended: WRITTEN (detail: its .out), FAILED (detail: the failure, which
+    names the input), INTERRUPTED (Ctrl-C after it was started) or NOT_STARTED."""
+
+    input_uri: str
+    state: str
+    detail: str = ""
+
+    def row(self) -> str:
+        """Its line in the summary table."""
+        text = {WRITTEN: f"{self.input_uri} -> {self.detail}", FAILED: self.detail}.get(self.state, self.input_uri)
+        return f"  {self.state:<11}  {text}"
+
+
 @dataclass
 class TransformReport:
-    inputs: int = 0
+    input_uris: list[str] = field(default_factory=list)  # every input, in key order
     records: int = 0
     requests: int = 0
     max_in_flight: int = 0
-    outputs: list[str] = field(default_factory=list)
+    written: dict[str, str] = field(default_factory=dict)  # input URI -> its .out URI
     failures: list[Failure] = field(default_factory=list)
+    started: set[str] = field(default_factory=set)  # inputs whose reading began
     settings: Effective | None = None
+    interrupted: bool = False  # Ctrl-C: nothing more was sent
+
+    @property
+    def inputs(self) -> int:
+        return len(self.input_uris)
+
+    @property
+    def outputs(self) -> list[str]:
+        """The .out objects written, in input order."""
+        return [self.written[uri] for uri in self.input_uris if uri in self.written]
+
+    def outcomes(self) -> list[InputOutcome]:
+        """One outcome per input, in input order."""
+        failed = {failure.input_uri: failure for failure in self.failures}
+        rows = []
+        for uri in self.input_uris:
+            if uri in self.written:
+                rows.append(InputOutcome(uri, WRITTEN, self.written[uri]))
+            elif uri in failed:
+                rows.append(InputOutcome(uri, FAILED, str(failed[uri])))
+            else:
+                rows.append(InputOutcome(uri, INTERRUPTED if uri in self.started else NOT_STARTED))
+        return rows
+
+    def counts(self) -> dict[str, int]:
+        """Inputs per state, in STATES order."""
+        states = [outcome.state for outcome in self.outcomes()]
+        return {state: states.count(state) for state in STATES}
+
+    def summary(self) -> list[str]:
+        """'N input(s): W written, F failed, ...' and a row per input."""
+        counts = self.counts()
+        others = [f"{n} {state}" for state, n in counts.items() if n and state != WRITTEN]
+        parts = [f"{counts[WRITTEN]} {WRITTEN}", *others]
+        return [f"{self.inputs} input(s): {', '.join(parts)}"] + [outcome.row() for outcome in self.outcomes()]
+
+    def missing(self) -> str:
+        """'2 input(s) without .out: 1 failed, 1 not started', or '' when every input was written."""
+        counts = {state: n for state, n in self.counts().items() if n and state != WRITTEN}
+        if not counts:
+            return ""
+        states = ", ".join(f"{n} {state}" for state, n in counts.items())
+        return f"{sum(counts.values())} input(s) without .out: {states}"
+
+
+@dataclass(frozen=True)
+class TransformPlan:
+    """What a run will do, checked before any input is read: its inputs and where answers go."""
+
+    in_bucket: str
+    inputs: list[tuple[str, str]]  # (key, name under the input prefix's folder), in key order
+    out_bucket: str
+    out_prefix: str  # '' or ending in /
+
+    def input_uri(self, key: str) -> str:
+        return f"s3://{self.in_bucket}/{key}"
+
+    def output(self, name: str) -> tuple[str, str]:
+        """(bucket, key) of an input's .out."""
+        return self.out_bucket, f"{self.out_prefix}{name}.out"
+
+    def new_report(self) -> TransformReport:
+        return TransformReport(input_uris=[self.input_uri(key) for key, _ in self.inputs])
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -98,15 +191,55 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def list_inputs(s3: Any, input_uri: str) -> list[tuple[str, str]]:
-    """(key, name relative to the prefix's folder) of every object under the prefix, in key order."""
+    """(key, name relative to the prefix's folder) of every object under the prefix, in key order.
+
+    TransformError when the bucket is missing or may not be listed."""
     bucket, prefix = split_s3_uri(input_uri)
     base = prefix[: prefix.rfind("/") + 1]
     found = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            if not item["Key"].endswith("/"):
-                found.append((item["Key"], item["Key"][len(base):]))
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                if not item["Key"].endswith("/"):
+                    found.append((item["Key"], item["Key"][len(base):]))
+    except ClientError as exc:
+        problem = bucket_problem(exc, bucket, "input bucket", "s3:ListBucket") or (
+            f"listing {input_uri}: {describe_error(exc)}")
+        raise TransformError(f"{problem}; nothing was read or sent") from None
     return sorted(found)
+
+
+def check_output_bucket(s3: Any, bucket: str) -> None:
+    """HeadBucket on the output bucket; TransformError when it is missing or out of reach."""
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        problem = bucket_problem(exc, bucket, "output bucket", "s3:ListBucket and s3:PutObject") or (
+            f"output bucket {bucket!r}: {describe_error(exc)}")
+        raise TransformError(f"{problem}; nothing was read or sent") from None
+
+
+def plan_transform(s3: Any, input_uri: str, output_uri: str, options: TransformOptions) -> TransformPlan:
+    """Check the options and the output bucket, then list the inputs (none read yet)."""
+    if options.split_type not in batching.SPLIT_TYPES:
+        raise ValueError(f"SplitType must be one of {batching.SPLIT_TYPES}, got {options.split_type!r}")
+    if options.assemble_with not in batching.ASSEMBLE_WITH:
+        raise ValueError(f"AssembleWith must be one of {batching.ASSEMBLE_WITH}, got {options.assemble_with!r}")
+    out_bucket, out_prefix = split_s3_uri(output_uri)
+    in_bucket, _ = split_s3_uri(input_uri)
+    check_output_bucket(s3, out_bucket)
+    inputs = list_inputs(s3, input_uri)
+    if not inputs:
+        raise ValueError(f"no input objects under {input_uri}")
+    return TransformPlan(in_bucket, inputs, out_bucket, out_prefix.rstrip("/") + "/" if out_prefix.strip("/") else "")
+
+
+def s3_client(region: str | None = None) -> Any:
+    """The S3 client a transform reads and writes with: region (default: the configured one),
+    standard retries."""
+    import boto3
+
+    return boto3.client("s3", region_name=region or configured_region(), config=RETRIES)
 
 
 def execution_parameters(http: urllib3.PoolManager, url: str) -> dict[str, Any]:
@@ -156,15 +289,13 @@ def _failed_record(batch: MiniBatch, message: str) -> tuple[int | None, int | No
     return None, None
 
 
-def _error_message(status: int, data: bytes) -> str:
-    text = data.decode("utf-8", "replace")
-    try:
-        answer = json.loads(text)
-        if isinstance(answer, dict) and isinstance(answer.get("error"), str):
-            return answer["error"]
-    except ValueError:
-        pass
-    return text.strip()[:500] or f"HTTP {status}"
+def _read_failure(uri: str, exc: Exception) -> Failure:
+    """Why an input could not be read, with what to do for an archived object."""
+    message = describe_error(exc)
+    if error_code(exc) == "InvalidObjectState":
+        storage = (getattr(exc, "response", None) or {}).get("Error", {}).get("StorageClass") or "archived"
+        message += f" ({storage}: restore the object first)"
+    return Failure(uri, None, None, None, message)
 
 
 class _InputState:
@@ -178,6 +309,235 @@ class _InputState:
         self.remaining = len(batches)
         self.failure: Failure | None = None
 
+    @property
+    def output_uri(self) -> str:
+        return f"s3://{self.output[0]}/{self.output[1]}"
+
+
+class _Workers:
+    """count daemon threads running submitted calls in order; abandon() drops the calls not
+    yet begun (a daemon thread blocked on a request does not hold up the exit)."""
+
+    def __init__(self, count: int) -> None:
+        self._jobs: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue()
+        self._threads = [threading.Thread(target=self._loop, name=f"transform-{i}", daemon=True) for i in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job[0](*job[1])
+
+    def submit(self, call: Callable[..., None], *args: Any) -> None:
+        self._jobs.put((call, args))
+
+    def join(self) -> None:
+        """Run every call submitted, then end the threads."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def abandon(self) -> None:
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                return
+
+
+class _Run:
+    """One transform in progress: reads inputs in the main thread, sends their mini-batches
+    from worker threads, writes each .out when its last answer came; Ctrl-C stops it."""
+
+    def __init__(self, server_url: str, plan: TransformPlan, options: TransformOptions, s3: Any,
+                 report: TransformReport, request_timeout_s: float, show_progress: bool) -> None:
+        self.url = server_url + "/invocations"
+        self.plan = plan
+        self.options = options
+        self.s3 = s3
+        self.report = report
+        self.settings = report.settings
+        self.limit = batching.payload_limit(self.settings.max_payload_mb)
+        self.http = urllib3.PoolManager(maxsize=64, retries=False)
+        self.headers = {"Content-Type": options.content_type or "application/octet-stream"}
+        if options.accept:
+            self.headers["Accept"] = options.accept
+        self.timeout = urllib3.Timeout(connect=10, read=request_timeout_s)
+        self.lock = threading.Lock()
+        self.writes_done = threading.Condition(self.lock)
+        self.writing = 0  # .out uploads under way
+        self.stopping = False
+        self.slots = threading.BoundedSemaphore(self.settings.max_concurrent * 2)  # bounds what is read ahead
+        self.in_flight = 0
+        self.files_bar = progress_bar(total=len(plan.inputs), desc="files", unit="file", position=0,
+                                      enabled=show_progress)
+        self.records_bar = progress_bar(total=0, desc="records", unit="rec", position=1, enabled=show_progress)
+
+    def run(self, report_line: Report) -> None:
+        """Every input, in key order; on Ctrl-C, stop sending and let .out uploads under way end."""
+        workers = _Workers(self.settings.max_concurrent)
+        with self.files_bar, self.records_bar:
+            try:
+                for key, name in self.plan.inputs:
+                    self.start(key, name, workers)
+                workers.join()
+            except KeyboardInterrupt:
+                report_line("smvision: interrupted: sending nothing more; waiting for .out uploads under way")
+                self.stop(workers)
+
+    def stop(self, workers: _Workers, wait_s: float = 60) -> None:
+        """Send nothing more; wait (up to wait_s, or a second Ctrl-C) for uploads under way."""
+        with self.lock:
+            self.stopping = True
+        self.report.interrupted = True
+        workers.abandon()
+        try:
+            with self.writes_done:
+                self.writes_done.wait_for(lambda: self.writing == 0, timeout=wait_s)
+        except KeyboardInterrupt:  # an upload not waited for: its input stays interrupted
+            pass
+
+    def start(self, key: str, name: str, workers: _Workers) -> None:
+        """Read one input, split it, and queue its mini-batches (or settle it at once)."""
+        uri = self.plan.input_uri(key)
+        with self.lock:
+            self.report.started.add(uri)
+        try:
+            data = self.s3.get_object(Bucket=self.plan.in_bucket, Key=key)["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            self.settle(uri, _read_failure(uri, exc))
+            return
+        records = batching.split_records(data, self.options.split_type)
+        with self.lock:
+            self.report.records += len(records)
+            self.records_bar.total = self.report.records
+            self.records_bar.refresh()
+        try:
+            batches = batching.mini_batches(records, self.options.split_type, self.settings.batch_strategy, self.limit)
+        except PayloadTooLarge as exc:
+            self.settle(uri, Failure(uri, exc.record.number, exc.record.line, None, exc.detail))
+            return
+        state = _InputState(uri, self.plan.output(name), batches)
+        if not batches:  # an empty object: an empty .out, as every (no) record succeeded
+            self.finish(state)
+            return
+        for index in range(len(batches)):
+            self.slots.acquire()
+            workers.submit(self.send, state, index)
+
+    def send(self, state: _InputState, index: int) -> None:
+        """POST one mini-batch (worker thread); the input's last answer writes its .out."""
+        try:
+            if state.failure is None and not self.stopping:  # after a failure its other mini-batches are moot
+                status, data = self.post(state.batches[index].body)
+                if not self.stopping:  # after Ctrl-C answers still coming in are dropped
+                    self.answer(state, index, status, data)
+        except Exception as exc:  # anything unforeseen fails this input, by name, instead of vanishing
+            with self.lock:
+                state.failure = state.failure or Failure(state.uri, None, None, None, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.slots.release()
+            with self.lock:
+                state.remaining -= 1
+                done = state.remaining == 0 and not self.stopping
+            if done:
+                self.finish(state)
+
+    def post(self, body: bytes) -> tuple[int | None, bytes]:
+        with self.lock:
+            self.in_flight += 1
+            self.report.max_in_flight = max(self.report.max_in_flight, self.in_flight)
+            self.report.requests += 1
+        try:
+            response = self.http.request("POST", self.url, body=body, headers=self.headers, timeout=self.timeout)
+            return response.status, response.data
+        except urllib3.exceptions.HTTPError as exc:
+            return None, f"no answer from the server: {exc}".encode()
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def answer(self, state: _InputState, index: int, status: int | None, data: bytes) -> None:
+        batch = state.batches[index]
+        if status == 200:
+            state.answers[index] = data
+            with self.lock:
+                self.records_bar.update(len(batch.records))
+            return
+        message = error_text(status or 0, data)
+        record, line = _failed_record(batch, message)
+        with self.lock:
+            if state.failure is None:
+                state.failure = Failure(state.uri, record, line, status, message)
+
+    def finish(self, state: _InputState) -> None:
+        """Write the input's .out when all its records succeeded; settle it either way.
+        After Ctrl-C nothing new is written; an upload under way ends and is counted."""
+        if state.failure is not None:
+            self.settle(state.uri, state.failure)
+            return
+        with self.lock:
+            if self.stopping:
+                return
+            self.writing += 1
+        outcome: Failure | str | None = None  # None: the upload itself was interrupted
+        try:
+            outcome = self.put(state)
+        finally:
+            with self.writes_done:
+                if outcome is not None:
+                    self._record(state.uri, outcome)
+                self.writing -= 1
+                self.writes_done.notify_all()
+
+    def put(self, state: _InputState) -> Failure | str:
+        """Upload the .out; its URI, or the failure naming the input and the .out."""
+        body = batching.assemble([answer or b"" for answer in state.answers], self.options.assemble_with)
+        try:
+            self.s3.put_object(Bucket=state.output[0], Key=state.output[1], Body=body)
+        except Exception as exc:  # ClientError, BotoCoreError, or anything else: the input failed, by name
+            return Failure(state.uri, None, None, None, f"writing {state.output_uri}: {describe_error(exc)}")
+        return state.output_uri
+
+    def settle(self, uri: str, outcome: Failure | str) -> None:
+        """Record an input's end, unless Ctrl-C came first (the input is then interrupted)."""
+        with self.lock:
+            if not self.stopping:
+                self._record(uri, outcome)
+
+    def _record(self, uri: str, outcome: Failure | str) -> None:
+        """The .out URI written, or the failure (with self.lock held)."""
+        if isinstance(outcome, Failure):
+            self.report.failures.append(outcome)
+        else:
+            self.report.written[uri] = outcome
+        self.files_bar.update(1)
+
+
+def execute_plan(
+    server_url: str,
+    plan: TransformPlan,
+    options: TransformOptions,
+    s3: Any,
+    *,
+    show_progress: bool = True,
+    request_timeout_s: float = 600,
+    report_line: Report = report_to_stderr,
+) -> TransformReport:
+    """Transform the plan's inputs through the server at server_url; Ctrl-C returns the
+    report so far (interrupted)."""
+    report = plan.new_report()
+    try:
+        http = urllib3.PoolManager(retries=False)
+        report.settings = effective_settings(options, execution_parameters(http, server_url))
+    except KeyboardInterrupt:
+        report.interrupted = True
+        return report
+    _Run(server_url, plan, options, s3, report, request_timeout_s, show_progress).run(report_line)
+    report.failures.sort(key=lambda failure: failure.input_uri)
+    return report
+
 
 def run_local_transform(
     server_url: str,
@@ -186,118 +546,35 @@ def run_local_transform(
     options: TransformOptions,
     *,
     s3: Any | None = None,
+    region: str | None = None,
     show_progress: bool = True,
     request_timeout_s: float = 600,
+    report_line: Report = report_to_stderr,
 ) -> TransformReport:
     """Transform every object under input_uri through the server at server_url."""
-    import boto3
-
-    s3 = s3 or boto3.client("s3")
-    if options.split_type not in batching.SPLIT_TYPES:
-        raise ValueError(f"SplitType must be one of {batching.SPLIT_TYPES}, got {options.split_type!r}")
-    if options.assemble_with not in batching.ASSEMBLE_WITH:
-        raise ValueError(f"AssembleWith must be one of {batching.ASSEMBLE_WITH}, got {options.assemble_with!r}")
-    out_bucket, out_prefix = split_s3_uri(output_uri)
-    out_prefix = out_prefix.rstrip("/") + "/" if out_prefix.strip("/") else ""
-    in_bucket, _ = split_s3_uri(input_uri)
-    inputs = list_inputs(s3, input_uri)
-    if not inputs:
-        raise ValueError(f"no input objects under {input_uri}")
-
-    http = urllib3.PoolManager(maxsize=64, retries=False)
-    settings = effective_settings(options, execution_parameters(http, server_url))
-    limit = batching.payload_limit(settings.max_payload_mb)
-    headers = {"Content-Type": options.content_type or "application/octet-stream"}
-    if options.accept:
-        headers["Accept"] = options.accept
-    timeout = urllib3.Timeout(connect=10, read=request_timeout_s)
-    report = TransformReport(inputs=len(inputs), settings=settings)
-    lock = threading.Lock()
-    slots = threading.BoundedSemaphore(settings.max_concurrent * 2)  # bounds what is read ahead
-    in_flight = [0]
-
-    files_bar = progress_bar(total=len(inputs), desc="files", unit="file", position=0, enabled=show_progress)
-    records_bar = progress_bar(total=0, desc="records", unit="rec", position=1, enabled=show_progress)
-
-    def finish(state: _InputState) -> None:
-        if state.failure is None:
-            body = batching.assemble([answer or b"" for answer in state.answers], options.assemble_with)
-            s3.put_object(Bucket=state.output[0], Key=state.output[1], Body=body)
-            with lock:
-                report.outputs.append(f"s3://{state.output[0]}/{state.output[1]}")
-        else:
-            with lock:
-                report.failures.append(state.failure)
-        with lock:
-            files_bar.update(1)
-
-    def send(state: _InputState, index: int) -> None:
-        try:
-            if state.failure is not None:  # the object already failed: its other mini-batches are moot
-                return
-            batch = state.batches[index]
-            with lock:
-                in_flight[0] += 1
-                report.max_in_flight = max(report.max_in_flight, in_flight[0])
-                report.requests += 1
-            try:
-                response = http.request("POST", server_url + "/invocations", body=batch.body, headers=headers,
-                                        timeout=timeout)
-                status, data = response.status, response.data
-            except urllib3.exceptions.HTTPError as exc:
-                status, data = None, f"no answer from the server: {exc}".encode()
-            finally:
-                with lock:
-                    in_flight[0] -= 1
-            if status == 200:
-                state.answers[index] = data
-                with lock:
-                    records_bar.update(len(batch.records))
-            else:
-                message = _error_message(status or 0, data)
-                record, line = _failed_record(batch, message)
-                with lock:
-                    if state.failure is None:
-                        state.failure = Failure(state.uri, record, line, status, message)
-        finally:
-            slots.release()
-            with lock:
-                state.remaining -= 1
-                done = state.remaining == 0
-            if done:
-                finish(state)
-
-    with files_bar, records_bar, ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="transform") as pool:
-        for key, name in inputs:
-            uri = f"s3://{in_bucket}/{key}"
-            data = s3.get_object(Bucket=in_bucket, Key=key)["Body"].read()
-            records = batching.split_records(data, options.split_type)
-            report.records += len(records)
-            records_bar.total = report.records
-            records_bar.refresh()
-            try:
-                batches = batching.mini_batches(records, options.split_type, settings.batch_strategy, limit)
-            except PayloadTooLarge as exc:
-                report.failures.append(Failure(uri, exc.record.number, exc.record.line, None, exc.detail))
-                files_bar.update(1)
-                continue
-            state = _InputState(uri, (out_bucket, out_prefix + name + ".out"), batches)
-            if not batches:  # an empty object: an empty .out, as every (no) record succeeded
-                finish(state)
-                continue
-            for index in range(len(batches)):
-                slots.acquire()
-                pool.submit(send, state, index)
-    report.failures.sort(key=lambda failure: failure.input_uri)
-    order = {f"s3://{out_bucket}/{out_prefix}{name}.out": i for i, (_, name) in enumerate(inputs)}
-    report.outputs.sort(key=lambda uri: order.get(uri, len(order)))
-    return report
+    s3 = s3 or s3_client(region)
+    plan = plan_transform(s3, input_uri, output_uri, options)
+    return execute_plan(server_url, plan, options, s3, show_progress=show_progress,
+                        request_timeout_s=request_timeout_s, report_line=report_line)
 
 
 def transform_with_local_server(
     model_dir: str, input_uri: str, output_uri: str, options: TransformOptions, *, show_progress: bool = True,
-    ready_timeout_s: float = 300,
+    ready_timeout_s: float = 300, region: str | None = None, report_line: Report = report_to_stderr,
 ) -> TransformReport:
-    """Start `smvision serve` on model_dir as a batch transform container, run, stop it."""
-    with LocalServer(model_dir, env=options.server_env(), ready_timeout_s=ready_timeout_s) as server:
-        return run_local_transform(server.url, input_uri, output_uri, options, show_progress=show_progress)
+    """Check the buckets and list the inputs, start `smvision serve` on model_dir as a batch
+    transform container, run, stop it. Ctrl-C stops it too and returns the report so far."""
+    s3 = s3_client(region)
+    plan = plan_transform(s3, input_uri, output_uri, options)
+    env = options.server_env()
+    if region:  # as SageMaker sets them in its containers
+        env.update(AWS_REGION=region, AWS_DEFAULT_REGION=region)
+    server = LocalServer(model_dir, env=env, ready_timeout_s=ready_timeout_s)
+    report = plan.new_report()
+    try:
+        with server:
+            report = execute_plan(server.url, plan, options, s3, show_progress=show_progress, report_line=report_line)
+    except KeyboardInterrupt:  # while the server started, or a second Ctrl-C while it stopped: end it now
+        server.stop(timeout_s=1)
+        report.interrupted = True
+    return report

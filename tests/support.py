@@ -184,3 +184,28 @@ class WriteWatch:
             found.update(line for line in done.stdout.splitlines() if line)
         found.update(self._dirs() - self._dirs_before)  # new folders, even if emptied
         return sorted(p for p in found if not self._edit(p))
+
+
+# ---------------------------------------------------------------------------------------
+# Test-only HTTP endpoints on 127.0.0.1 (an S3 that refuses writes, one that records signatures)
+
+
+class HttpStub:
+    """A ThreadingHTTPServer on 127.0.0.1 running handler, for the life of a with block;
+    .url is its address."""
+
+    def __init__(self, handler: type) -> None:
+        import http.server
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> "HttpStub":
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -12,6 +12,7 @@ from conftest import BUCKET
 from smvision.cli import main
 from smvision.deploy.bench import count_records, parse_server_timing
 from smvision.deploy.stats import percentile
+from support import free_port
 
 
 @pytest.mark.parametrize(
@@ -68,10 +69,13 @@ def test_bench_a_local_server(d0_server, capsys):
 def test_bench_counts_errors_by_status_and_json_output(d0_server, tmp_path, capsys):
     body = tmp_path / "bad.json"
     body.write_text(json.dumps({"bucket": BUCKET, "key": "rocket.jpg", "pred_threshold": 10}))
-    assert main(["bench", "--url", d0_server.url, str(body), "-n", "3", "-c", "3", "--warmup", "0", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    assert main(["bench", "--url", d0_server.url, str(body), "-n", "3", "-c", "3", "--warmup", "0", "--json"]) == 1
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
     assert (summary["requests"], summary["ok"], summary["errors"]) == (3, 0, {"400": 3})
-    assert summary["p50_ms"] is None and summary["images_per_s"] == 0
+    assert summary["p50_ms"] is None and summary["requests_per_s"] is None and summary["images_per_s"] is None
+    assert "pred_threshold" in summary["first_error"]["400"]  # the server's own message
+    assert "smvision: error: every request failed (400: 3): no rate to report" in captured.err
 
 
 def test_bench_an_endpoint_by_name(d0_server, monkeypatch, capsys):
@@ -83,3 +87,26 @@ def test_bench_an_endpoint_by_name(d0_server, monkeypatch, capsys):
     assert "requests    2 at concurrency 1 in " in out and " images/s" in out
     assert "latency ms  p50 " in out and "(1 answered)" in out
     assert "errors      404: 1" in out
+
+
+def test_bench_where_no_request_was_answered_reports_no_rate(tmp_path, capsys):
+    body = tmp_path / "one.csv"
+    body.write_text(f"{BUCKET}/rocket.jpg\n")
+    closed = f"http://127.0.0.1:{free_port()}"
+    assert main(["bench", "--url", closed, str(body), "-n", "3", "-c", "1", "--warmup", "0"]) == 1
+    captured = capsys.readouterr()
+    assert "requests/s" not in captured.out and "images/s" not in captured.out
+    assert "no rate: no request was answered" in captured.out
+    assert "errors      no answer: 3 (first: " in captured.out and "refused" in captured.out.lower()
+    assert "smvision: error: every request failed (no answer: 3): no rate to report" in captured.err
+
+    assert main(["bench", "--url", closed, str(body), "-n", "2", "--warmup", "0", "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["ok"], summary["requests_per_s"], summary["images_per_s"]) == (0, None, None)
+    assert summary["errors"] == {"0": 2}
+
+
+def test_a_directory_as_the_body_is_a_usage_error(tmp_path, capsys):
+    assert main(["bench", "--url", f"http://127.0.0.1:{free_port()}", str(tmp_path), "-n", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"smvision: error: the body file {tmp_path} is a directory: give a file, or - for stdin\n"

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import BUCKET
 from smvision.cli import main
+from support import free_port
 
 
 @pytest.fixture
@@ -56,3 +57,15 @@ def test_container_error_shows_the_original_status_and_message(runtime_at_server
     assert main(["invoke", "--name", "d0", "--s3", f"{BUCKET}/no-such-photo.jpg"]) == 1
     err = capsys.readouterr().err
     assert "the model answered 404:" in err and "no-such-photo.jpg" in err
+
+
+def test_a_directory_as_the_body_or_the_output_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", f"http://127.0.0.1:{free_port()}")  # never reached
+    assert main(["invoke", "--name", "d0", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"smvision: error: the body file {tmp_path} is a directory: "
+                                       "give a file, or - for stdin\n")
+    body = tmp_path / "request.csv"
+    body.write_text(f"{BUCKET}/rocket.jpg\n")
+    # refused before the endpoint is called: the answer would have nowhere to go
+    assert main(["invoke", "--name", "d0", str(body), "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"smvision: error: --output {tmp_path} is a directory: give a file name\n"

@@ -101,3 +101,9 @@ def test_denied_access_is_a_clear_error(d0_archive, s3_endpoint, monkeypatch, ca
         server.server_close()
     assert code == 1
     assert "access to bucket 'locked' denied" in capsys.readouterr().err
+
+
+def test_cli_takes_region(d0_archive, models_bucket, capsys):
+    assert main(["archive", "push", str(d0_archive), "--bucket", models_bucket, "--prefix", "r", "--env", "dev",
+                 "--region", "us-east-1", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith(f"s3://{BUCKET}/r/dev/")

@@ -7,7 +7,13 @@ different input prefix of real photos in moto S3.
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
+import re
+import signal
+import subprocess
+import time
 
 import boto3
 import pytest
@@ -15,6 +21,7 @@ import urllib3
 
 from conftest import BUCKET
 from smvision.cli import main
+from support import BIN, HttpStub
 from smvision.deploy.local_server import LocalServer
 from smvision.deploy.local_transform import TransformOptions, run_local_transform
 
@@ -39,7 +46,12 @@ INPUTS = {
     # whole objects (SplitType None)
     "json/one.json": json.dumps({"bucket": BUCKET, "key": "astronaut.png", **LOW}).encode(),
     "json/two.json": json.dumps([{"bucket": BUCKET, "key": "chelsea.png"}, {"bucket": BUCKET, "key": "coffee.png"}]).encode(),
+    # mixed/b.csv is stored in the GLACIER storage class (below): S3 refuses to read it
+    "mixed/a.csv": f"{BUCKET}/rocket.jpg\n".encode(),
+    "mixed/c.csv": f"{BUCKET}/no-such-photo.jpg\n".encode(),
+    "mixed/d.csv": f"{BUCKET}/chelsea.png\n".encode(),
 }
+ARCHIVED = {"mixed/b.csv": f"{BUCKET}/coffee.png\n".encode()}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +60,8 @@ def s3(photos):
     client.create_bucket(Bucket=DATA)
     for key, data in INPUTS.items():
         client.put_object(Bucket=DATA, Key=key, Body=data)
+    for key, data in ARCHIVED.items():
+        client.put_object(Bucket=DATA, Key=key, Body=data, StorageClass="GLACIER")
     return client
 
 
@@ -65,6 +79,18 @@ def read(s3, uri: str) -> bytes:
 
 def keys(s3, prefix: str) -> list[str]:
     return [item["Key"] for item in s3.list_objects_v2(Bucket=DATA, Prefix=prefix).get("Contents", [])]
+
+
+def outcome(state: str, detail: str) -> str:
+    """One row of the summary `transform --local` ends with, on stderr."""
+    return f"  {state:<11}  {detail}"
+
+
+def transform(server: str, prefix: str, output: str, *extra: str) -> list[str]:
+    """`smvision transform --local` arguments: CSV lines, one record per request, through server."""
+    return ["transform", "--local", "--server-url", server, "--input", f"s3://{DATA}/{prefix}", "--output", output,
+            "--content-type", "text/csv", "--accept", "application/jsonlines", "--split-type", "Line",
+            "--batch-strategy", "SingleRecord", "--assemble-with", "Line", "--no-progress", *extra]
 
 
 def test_server_runs_as_a_batch_transform_container(server):
@@ -114,7 +140,7 @@ def test_cli_multirecord_names_the_failed_file_and_record(server, s3, capsys):
     captured = capsys.readouterr()
     assert code == 1
     assert captured.out.split() == [f"s3://{DATA}/out/jsonl-cli/good.jsonl.out"]
-    assert f"smvision: error: s3://{DATA}/jsonl/bad.jsonl: record 2 (line 2): 400:" in captured.err
+    assert outcome("failed", f"s3://{DATA}/jsonl/bad.jsonl: record 2 (line 2): 400: ") in captured.err
     assert "MultiRecord, MaxPayloadInMB 6, MaxConcurrentTransforms 2" in captured.err
     assert keys(s3, "out/jsonl-cli/") == ["out/jsonl-cli/good.jsonl.out"]
     assert len(read(s3, captured.out.split()[0]).splitlines()) == 2
@@ -179,3 +205,131 @@ def test_local_model_dir_that_does_not_serve_is_a_clear_error(tmp_path, s3, caps
     assert main(args) == 1  # loads and fails: /ping says so, no waiting for the timeout
     assert "the model failed to load (RuntimeError: weights missing)" in capsys.readouterr().err
     assert keys(s3, "out/never") == []
+
+
+# ---- every input ends written, failed (named, with the reason) or not started ----------
+
+
+def test_a_missing_output_bucket_stops_before_any_input_is_read(server, s3, capsys):
+    for prefix in ("mixed/a.csv", "csv/"):  # csv/ holds an empty file, which used to be written first
+        code = main(transform(server, prefix, "s3://no-such-output-bucket/out/"))
+        captured = capsys.readouterr()
+        assert code == 1, captured
+        assert "output bucket 'no-such-output-bucket' does not exist" in captured.err
+        assert "nothing was read or sent" in captured.err
+        assert captured.out == ""
+
+
+def test_an_unreadable_input_fails_by_name_and_the_others_go_on(server, s3, capsys):
+    code = main(transform(server, "mixed/", f"s3://{DATA}/out/mixed/"))
+    captured = capsys.readouterr()
+    assert code == 1
+    written = [f"s3://{DATA}/out/mixed/{name}.out" for name in ("a.csv", "d.csv")]
+    assert captured.out.split() == written
+    assert keys(s3, "out/mixed/") == [uri.removeprefix(f"s3://{DATA}/") for uri in written]
+    assert "4 input(s): 2 written, 2 failed" in captured.err
+    assert outcome("written", f"s3://{DATA}/mixed/a.csv -> {written[0]}") in captured.err
+    assert outcome("failed", f"s3://{DATA}/mixed/b.csv: GetObject: InvalidObjectState: ") in captured.err
+    assert outcome("failed", f"s3://{DATA}/mixed/c.csv: record 1 (line 1): 404: ") in captured.err
+    assert outcome("written", f"s3://{DATA}/mixed/d.csv -> {written[1]}") in captured.err
+    assert "smvision: error: 2 input(s) without .out: 2 failed" in captured.err
+
+
+class _NoWritesS3(http.server.BaseHTTPRequestHandler):
+    """moto's S3 behind a gate that refuses every PUT, as S3 does for a role that may list
+    and read but not write: HeadBucket passes, PutObject is AccessDenied."""
+
+    upstream = ""
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if self.command == "PUT":
+            denied = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+            status, headers, data = 403, {"Content-Type": "application/xml"}, denied
+        else:
+            answer = urllib3.request(self.command, self.upstream + self.path, body=body, headers=dict(self.headers),
+                                     redirect=False, retries=False, decode_content=False)
+            status, headers, data = answer.status, answer.headers, answer.data
+        self.send_response(status)
+        for name, value in headers.items():
+            if name.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_HEAD = do_GET = do_PUT = do_POST = do_DELETE = _forward
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_refused_write_fails_that_input_by_name(server, s3, s3_endpoint, monkeypatch, capsys):
+    _NoWritesS3.upstream = s3_endpoint
+    with HttpStub(_NoWritesS3) as gate:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", gate.url)
+        code = main(transform(server, "csv/", f"s3://{DATA}/out/refused/"))
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out == ""
+    for name in ("a.csv", "b.csv", "empty.csv"):
+        assert outcome("failed", f"s3://{DATA}/csv/{name}: writing s3://{DATA}/out/refused/{name}.out: "
+                                 "PutObject: AccessDenied: Access Denied") in captured.err
+    assert "3 input(s): 0 written, 3 failed" in captured.err
+    assert keys(s3, "out/refused/") == []
+
+
+# ---- Ctrl-C ---------------------------------------------------------------------------
+
+SLOW = {  # one record per request at one request at a time: b.csv keeps the server busy for seconds
+    "slow/a.csv": f"{BUCKET}/chelsea.png\n".encode(),
+    "slow/b.csv": "".join(f"{BUCKET}/astronaut.png\n" for _ in range(40)).encode(),
+    "slow/c.csv": f"{BUCKET}/rocket.jpg\n".encode(),
+}
+
+
+@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c-in-a-terminal", "sigint-to-the-cli-only"])
+def test_ctrl_c_reports_every_input_and_exits_130(d0_model_dir, s3, to_group, tmp_path):
+    for key, data in SLOW.items():
+        s3.put_object(Bucket=DATA, Key=key, Body=data)
+    out = f"out/sigint-{to_group}/"
+    args = [str(BIN / "smvision"), "transform", "--local", "--model-dir", str(d0_model_dir),
+            "--input", f"s3://{DATA}/slow/", "--output", f"s3://{DATA}/{out}", "--content-type", "text/csv",
+            "--split-type", "Line", "--batch-strategy", "SingleRecord", "--max-concurrent-transforms", "1"]
+    # a terminal's Ctrl-C signals its whole foreground process group: the CLI and the server it started
+    cli = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while keys(s3, out) != [out + "a.csv.out"]:
+            assert cli.poll() is None, cli.communicate()
+            assert time.monotonic() < deadline, "a.csv.out never written"
+            time.sleep(0.05)
+        if to_group:
+            os.killpg(cli.pid, signal.SIGINT)
+        else:
+            cli.send_signal(signal.SIGINT)
+        stdout, stderr = cli.communicate(timeout=90)
+    finally:
+        if cli.poll() is None:
+            os.killpg(cli.pid, signal.SIGKILL)
+            cli.wait(10)
+    assert cli.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stdout.split() == [f"s3://{DATA}/{out}a.csv.out"]
+    assert "3 input(s): 1 written, 1 interrupted, 1 not started" in stderr
+    assert outcome("written", f"s3://{DATA}/slow/a.csv -> s3://{DATA}/{out}a.csv.out") in stderr
+    assert outcome("interrupted", f"s3://{DATA}/slow/b.csv") in stderr
+    assert outcome("not started", f"s3://{DATA}/slow/c.csv") in stderr
+    assert re.search(r"smvision: interrupted: 2 input\(s\) without \.out", stderr), stderr
+    assert keys(s3, out) == [out + "a.csv.out"]
+    # nothing the command started is left running (the server was stopped, not orphaned)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.killpg(cli.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the local server outlived the command"
+        time.sleep(0.1)
