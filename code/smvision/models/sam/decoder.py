@@ -1,9 +1,10 @@
 """SAM's prompt encoder + mask decoder on ONNX Runtime: embedding + prompts -> masks.
 
 The same answer as segment_anything's SamPredictor.predict on the same embedding and
-prompts: coordinates through ResizeLongestSide(1024), a (0, 0) / -1 padding point when
-there is no box, multimask -> masks 1..3, single -> mask 0, low-res logits upscaled to
-1024, cropped to the resized image, upscaled to the original size, > 0.
+prompts: coordinates through ResizeLongestSide(1024) (each side at least 1 px:
+smvision.models.sam.resize), a (0, 0) / -1 padding point when there is no box,
+multimask -> masks 1..3, single -> mask 0, low-res logits upscaled to 1024, cropped to
+the resized image, upscaled to the original size, > 0.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from smvision.inflight import stage
 from smvision.models.sam.build import IMAGE_SIZE
 from smvision.models.sam.masks import MaskRuns
 from smvision.models.sam.prompts import MASK_INPUT_SIZE, Prompts
+from smvision.models.sam.resize import input_size, resize_longest_side
 from smvision.runtimes.onnx import create_session
 
 IMG_SIZE = IMAGE_SIZE
@@ -45,13 +47,6 @@ class DecodeResult:
         return self.masks
 
 
-def input_size(original_size: tuple[int, int], long_side: int = IMG_SIZE) -> tuple[int, int]:
-    """(h, w) of the image resized so its long side is long_side (ResizeLongestSide)."""
-    height, width = original_size
-    scale = long_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
 class SamDecoder:
     """One ONNX Runtime session, made once; decode() per request. Its threads sleep when
     idle rather than spin (spinning=True to let them: see create_session). It has no CPU
@@ -60,12 +55,10 @@ class SamDecoder:
     one-point decode takes the same time either way, 28-31 ms on vit_b, two cores)."""
 
     def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None, spinning: bool = False) -> None:
-        from segment_anything.utils.transforms import ResizeLongestSide
-
         self.session = create_session(onnx_path, device, threads, spinning=spinning, memory_arena=False)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = ["iou_predictions", "low_res_masks"]
-        self.transform = ResizeLongestSide(IMG_SIZE)
+        self.transform = resize_longest_side(IMG_SIZE)
         self._no_mask = np.zeros((1, 1, MASK_INPUT_SIZE, MASK_INPUT_SIZE), dtype=np.float32)
 
     def feed(self, embedding: np.ndarray, original_size: tuple[int, int], prompts: Prompts) -> dict[str, np.ndarray]:

@@ -1,6 +1,7 @@
 """SAM's image encoder: RGB images -> (256, 64, 64) embeddings, as SamPredictor makes them.
 
-The same pixels as SamPredictor.set_image: ResizeLongestSide(1024) (its own PIL resize),
+The same pixels as SamPredictor.set_image: ResizeLongestSide(1024) (its own PIL resize;
+a side that would round to 0 px is kept at 1: smvision.models.sam.resize),
 normalised on the 0-255 scale with SAM's mean and std, zero-padded bottom/right to
 1024x1024. Several images run as one batched forward pass. Precision: fp32 everywhere;
 bf16 on a GPU or on a CPU with native bf16 (AVX512-BF16 / AMX); fp16 on a GPU.
@@ -45,7 +46,7 @@ class SamEncoder:
 
     def __init__(self, config: SamConfig, state_dict: Mapping[str, Any], device: str = "cpu", precision: str = "fp32") -> None:
         import torch
-        from segment_anything.utils.transforms import ResizeLongestSide
+        from smvision.models.sam.resize import resize_longest_side
 
         check_precision(precision, device)
         self.config = config
@@ -56,7 +57,7 @@ class SamEncoder:
             encoder = build_image_encoder(config)
         encoder.load_state_dict(state_dict, strict=True, assign=True)
         self.model = encoder.to(device=self.device, dtype=self.dtype).eval()
-        self.transform = ResizeLongestSide(IMAGE_SIZE)
+        self.transform = resize_longest_side(IMAGE_SIZE)
         self.mean = torch.tensor(PIXEL_MEAN, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(PIXEL_STD, device=self.device).view(3, 1, 1)
 

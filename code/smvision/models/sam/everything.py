@@ -50,10 +50,14 @@ class EverythingOptions:
         return build_all_layer_point_grids(self.points_per_side, self.crop_n_layers, self.crop_n_points_downscale_factor)
 
     def crops(self, image_size: tuple[int, int]) -> tuple[list[list[int]], list[int]]:
-        """Crop boxes (x0, y0, x1, y1) and their layers; the first is the whole image."""
+        """Crop boxes (x0, y0, x1, y1) and their layers; the first is the whole image.
+        The generator's, less the crops without a pixel (x1 <= x0 or y1 <= y0) that it
+        makes on images a few pixels across: they hold no mask."""
         from segment_anything.utils.amg import generate_crop_boxes
 
-        return generate_crop_boxes(image_size, self.crop_n_layers, self.crop_overlap_ratio)
+        boxes, layers = generate_crop_boxes(image_size, self.crop_n_layers, self.crop_overlap_ratio)
+        kept = [(box, layer) for box, layer in zip(boxes, layers) if box[2] > box[0] and box[3] > box[1]]
+        return [box for box, _ in kept], [layer for _, layer in kept]
 
     def lower(self) -> str:
         """The knobs to lower for less work, with their values (for 413 / 504 messages)."""

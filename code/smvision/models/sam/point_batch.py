@@ -25,10 +25,10 @@ class PointBatchDecoder:
     """One ONNX Runtime session for the batched decoder, made once."""
 
     def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
-        from segment_anything.utils.transforms import ResizeLongestSide
+        from smvision.models.sam.resize import resize_longest_side
 
         self.session = create_session(onnx_path, device, threads)
-        self.transform = ResizeLongestSide(IMG_SIZE)
+        self.transform = resize_longest_side(IMG_SIZE)
 
     def decode(self, embedding: np.ndarray, points: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """(B, 3) predicted IoUs and (B, 3, 256, 256) low-res logits for B foreground
