@@ -161,7 +161,7 @@ def test_work_over_the_limits_is_a_413_or_504_naming_the_knobs(sam_model_dir, mo
     assert big.status == 413 and "pixels" in big.message  # 640 x 427 > 250,000
     # the request timeout: refused up front when the estimate cannot fit, else stopped between batches
     rate = handler.model.everything.rate
-    rate.per_prompt = 1.0  # as measured on a slow machine: 100 prompts cannot fit in 20 s
+    rate.per_prompt, rate.per_mask_pixel = 1.0, 0.0  # as measured on a slow machine: 100 prompts cannot fit in 20 s
     error = failure(handler, {**image, **LOOSE, "points_per_side": 10}, timeout=20)
     assert error.status == 504 and "points_per_side" in error.message and "about 100 s" in error.message
     rate.per_prompt = rate.per_encode = 0.0  # an estimate that fits: the check between batches stops it
@@ -234,3 +234,97 @@ def test_generate_matches_the_generator_on_masks_with_shapes_crops_nms_and_small
     theirs = generator.generate(np.zeros((*size, 3), np.uint8))
     assert_same_masks(ours, theirs)
     assert len({tuple(m["crop_box"]) for m in ours}) > 1  # masks from crops survived too
+
+
+#: the issue's sizes: original_size 7000x7000 (49 MP, under SMVISION_MAX_IMAGE_PIXELS), where
+#: each mask takes a second or more to upsample, score and encode on a busy 2-core machine
+HUGE = [7000, 7000]
+
+
+def _huge_decode_body(**knobs) -> dict:
+    embedding = np.random.default_rng(0).normal(size=(1, 256, 64, 64)).astype(np.float32)
+    return {"image_embedding": _npy_base64(embedding), "original_size": HUGE, "mode": "everything",
+            **LOOSE, "points_per_side": 2, **knobs}
+
+
+def test_over_http_everything_past_its_deadline_answers_504_in_time_and_frees_the_worker(sam_model_dir, tmp_path):
+    """The issue: sam-decode at 7000x7000 answered 504 at the timeout but ran on, so /ping
+    went 503 and the next good request timed out too."""
+    import time
+
+    import requests
+
+    from support import Server
+
+    timeout = 4
+    server = Server(sam_model_dir("sam-decode"), log_path=tmp_path / "serve.log",
+                    env={"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(timeout), "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+                         "SMVISION_STUCK_AFTER_S": "2"})
+    small = {"image_embedding": _npy_base64(np.zeros((1, 256, 64, 64), np.float32)), "original_size": [120, 160],
+             "points": [[80, 60]], "labels": [1]}
+    try:
+        server.wait_ready()
+        url = server.url + "/invocations"
+        started = time.monotonic()
+        late = requests.post(url, json=_huge_decode_body(), timeout=120)
+        answered = time.monotonic()
+        assert late.status_code == 504, late.text  # the worker's (naming the knobs) or the server's own
+        assert answered - started < timeout + 2
+        # the worker is free again soon after: /ping healthy, a small request answered
+        freed = None
+        while freed is None and time.monotonic() - answered < 30:
+            ping = requests.get(server.url + "/ping", timeout=10)
+            reply = requests.post(url, json=small, timeout=30)
+            if ping.status_code == 200 and reply.status_code == 200:
+                freed = time.monotonic()
+        assert freed is not None and freed - answered < 4, f"worker busy {time.monotonic() - answered:.1f} s after its 504"
+    finally:
+        server.stop()
+
+
+def test_the_deadline_is_checked_inside_upsampling_and_encoding_not_only_between_batches(sam_model_dir, monkeypatch):
+    """With an estimate that lets the work through (a rate of 0), the 504 still comes within
+    one step of one mask of the deadline: sam-decode at 49 MP, and the sam kind with crops
+    on a 35 MP photo (image and crops encoded, masks upsampled, NMS)."""
+    import io
+    import time
+
+    from PIL import Image
+
+    from smvision.deploy.local_s3 import skimage_photo
+
+    for kind, body, timeout in (
+        ("sam-decode", _huge_decode_body(), 2.0),
+        ("sam", None, 6.0),
+    ):
+        handler = load(sam_model_dir(kind), monkeypatch, SMVISION_MAX_IMAGE_PIXELS="50000000")
+        if body is None:
+            photo = Image.open(skimage_photo("coffee.png")).convert("RGB").resize((7200, 4800), Image.BILINEAR)
+            buffer = io.BytesIO()
+            photo.save(buffer, format="JPEG", quality=80)
+            body = {"image": base64.b64encode(buffer.getvalue()).decode(), "mode": "everything", **LOOSE,
+                    "points_per_side": 2, "crop_n_layers": 1}
+        rate = handler.model.everything.rate
+        for name in vars(rate):
+            setattr(rate, name, 0.0)  # the estimate lets anything through
+        started = time.monotonic()
+        error = failure(handler, body, timeout=timeout)
+        late = time.monotonic() - started - timeout
+        assert error.status == 504 and "points_per_side" in error.message, error.message
+        assert late < 2.0, f"{kind}: the work stopped {late:.1f} s after its deadline"
+
+
+def test_the_up_front_estimate_counts_the_pixels_to_upsample(decode_handler):
+    """Upsampling, stability scores and RLE scale with the image's pixels: four prompts on a
+    49 MP image cannot fit in 3 s and are refused at once (the same prompts at 120x160 are
+    answered)."""
+    import time
+
+    rate = decode_handler.model.everything.rate
+    started = time.monotonic()
+    error = failure(decode_handler, _huge_decode_body(points_per_batch=1), timeout=3)
+    assert error.status == 504 and "needs about" in error.message and "points_per_side" in error.message, error.message
+    assert time.monotonic() - started < 1.0
+    small = {**_huge_decode_body(), "original_size": [120, 160]}
+    assert call(decode_handler, small, timeout=3)[0]["masks"]
+    assert rate.seconds  # still a rate, for the next request

@@ -2,9 +2,10 @@
 
 A record asks for it with {"mode": "everything"} plus SamAutomaticMaskGenerator's knobs
 (smvision.models.sam.everything.KNOBS) and mask_format; prompts do not apply. Work is
-counted before it starts (points x crops) and refused clearly: over
-SAM_EVERYTHING_MAX_PROMPTS a 413, over the time left of the request a 504, each naming
-the knobs to lower; the deadline is checked again between point batches.
+counted before it starts (points x crops, and the pixels each mask is upsampled to) and
+refused clearly: over SAM_EVERYTHING_MAX_PROMPTS a 413, over the time left of the
+request a 504, each naming the knobs to lower; the deadline is checked again inside the
+work (smvision.models.sam.everything), so a request stops soon after its 504.
 
 Settings (smvision.settings, read once at load): SAM_EVERYTHING_MAX_PROMPTS decoder
 prompts (grid points over all crops) per record (16384); SAM_EVERYTHING_MAX_ANSWER_MB
@@ -14,7 +15,6 @@ largest answer per record, in MiB (6: SageMaker's real-time limit).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -104,13 +104,14 @@ class Everything:
     ) -> dict[str, Any]:
         """Every mask of the image, answered (see smvision.models.sam.everything.answer)."""
         result = generate(image_size, request.options, embed, self.decoder, self.rate)
-        return answer(result, request.mask_format, image_size, self.max_answer_bytes)
+        return answer(result, request.mask_format, image_size, self.max_answer_bytes, request.options)
 
 
 def load_everything(model_dir: Path, manifest: Manifest, settings: RuntimeSettings) -> Everything:
     """The archive's batched decoder, warmed up (which also seeds the work rate)."""
     from smvision.models.sam.build import EMBEDDING_SHAPE
     from smvision.models.sam.point_batch import PointBatchDecoder
+    from smvision.models.sam.resize import input_size
 
     max_prompts = settings.everything_max_prompts
     max_answer = settings.everything_max_answer_mb * 1024 * 1024
@@ -119,9 +120,10 @@ def load_everything(model_dir: Path, manifest: Manifest, settings: RuntimeSettin
         return Everything(None, max_prompts, max_answer, WorkRate(0.0))
     threads = settings.compute_threads()[0]
     decoder = PointBatchDecoder(manifest.artifact(model_dir, POINTS_DECODER), device="cpu", threads=threads)
-    points = np.array([[100.0, 100.0]] * 8)
-    decoder.decode(np.zeros(EMBEDDING_SHAPE, np.float32), points, (683, 1024))
-    started = time.perf_counter()
-    decoder.decode(np.zeros(EMBEDDING_SHAPE, np.float32), points, (683, 1024))
-    rate = WorkRate((time.perf_counter() - started) / len(points))
+    size = (683, 1024)
+    embedding = np.zeros(EMBEDDING_SHAPE, np.float32)
+    warm_up = EverythingOptions(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    generate(size, warm_up, lambda crop_box: (embedding, input_size(size)), decoder)  # imports, first runs
+    rate = WorkRate(0.0)  # then measured: 4 prompts, 12 masks upsampled, scored and encoded
+    generate(size, warm_up, lambda crop_box: (embedding, input_size(size)), decoder, rate)
     return Everything(decoder, max_prompts, max_answer, rate)
