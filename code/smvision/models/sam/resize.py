@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-IMAGE_SIZE = 1024
+from smvision.models.sam.build import IMAGE_SIZE
 
 
 def input_size(original_size: tuple[int, int], long_side: int = IMAGE_SIZE) -> tuple[int, int]:
