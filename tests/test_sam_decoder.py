@@ -299,7 +299,7 @@ def test_mask_runs_equal_dense_upscaling(original_size):
 
     from pycocotools import mask as mask_utils
 
-    from smvision.models.sam.decoder import dense_mask_runs, input_size, mask_runs
+    from smvision.models.sam.decoder import dense_mask_runs, input_size, mask_runs, sparse_mask_runs
 
     rng = np.random.default_rng(sum(original_size))
     blobs = [cv2.GaussianBlur(rng.normal(size=(256, 256)).astype(np.float32), (0, 0), s) for s in (3, 8, 20)]
@@ -309,7 +309,8 @@ def test_mask_runs_equal_dense_upscaling(original_size):
     logits = F.interpolate(logits[..., : size[0], : size[1]], original_size, mode="bilinear", align_corners=False)
     expected = (logits[0] > 0).numpy()
     assert 0 < expected.mean() < 1
-    for runs in (mask_runs(low_res, size, original_size), dense_mask_runs(low_res, size, original_size)):
+    for runs in (mask_runs(low_res, size, original_size), dense_mask_runs(low_res, size, original_size),
+                 sparse_mask_runs(low_res, size, original_size)):
         assert len(runs) == 3 and runs.size == original_size
         assert runs.dense.shape == expected.shape
         for rle, mask in zip(runs.rle(), runs.dense):
@@ -331,10 +332,46 @@ def test_salt_and_pepper_masks_take_the_dense_path(monkeypatch):
     monkeypatch.setattr(decoder_module, "dense_mask_runs", lambda *a: calls.append(a) or dense(*a))
     runs = decoder_module.mask_runs(low_res, size, original_size)
     assert calls, "expected the dense path"
-    monkeypatch.setattr(decoder_module, "DENSE_EDGES", 2.0)  # never dense
-    sparse = decoder_module.mask_runs(low_res, size, original_size)
+    sparse = decoder_module.sparse_mask_runs(low_res, size, original_size)
     assert len(calls) == 1
     assert (sparse.dense != runs.dense).sum() <= 5
+
+
+def test_each_mask_takes_the_cheaper_path_decided_from_its_low_res_logits(monkeypatch):
+    """One point, three masks at 1500x2250: a smooth mask (a trained SAM's) goes the edge
+    way (sparse_mask_runs), a ragged one (random weights: an edge at nearly every low-res
+    sample) straight to the full-size way (dense_mask_runs) without paying for the other
+    first, each mask on its own; both ways give the same masks."""
+    import cv2
+
+    from smvision.models.sam import decoder as decoder_module
+
+    rng = np.random.default_rng(3)
+    smooth = [cv2.GaussianBlur(rng.normal(size=(256, 256)).astype(np.float32), (0, 0), s) * 30 for s in (8, 20)]
+    ragged = rng.normal(size=(256, 256)).astype(np.float32)
+    low_res = np.ascontiguousarray(np.stack([smooth[0], ragged, smooth[1]]))
+    original_size = (1500, 2250)
+    size = decoder_module.input_size(original_size)
+    paths: list[tuple[str, int]] = []
+
+    def spy(name: str) -> None:
+        plain = getattr(decoder_module, name)
+        monkeypatch.setattr(decoder_module, name, lambda low, *a: paths.append((name, len(low))) or plain(low, *a))
+
+    spy("dense_mask_runs")
+    runs = decoder_module.mask_runs(low_res, size, original_size)
+    assert paths == [("dense_mask_runs", 1)], f"only the ragged mask goes the dense way: {paths}"
+    spy("sparse_mask_runs")
+    paths.clear()
+    assert decoder_module.mask_runs(low_res, size, original_size).rle() == runs.rle()
+    assert sorted(paths) == [("dense_mask_runs", 1), ("sparse_mask_runs", 2)], paths
+    monkeypatch.undo()
+    assert decoder_module.takes_dense_path(low_res, size, original_size).tolist() == [False, True, False]
+
+    sparse = decoder_module.sparse_mask_runs(low_res, size, original_size)
+    dense = decoder_module.dense_mask_runs(low_res, size, original_size)
+    assert runs.rle() == sparse.rle() == dense.rle()  # identical masks, whichever way each went
+    assert len(runs.rle()[1]["counts"]) > 5 * len(runs.rle()[0]["counts"])  # the ragged one is ragged
 
 
 def test_decoded_masks_keep_their_runs(decoder, predictors):

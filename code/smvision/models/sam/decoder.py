@@ -23,7 +23,11 @@ from smvision.runtimes.onnx import create_session
 
 IMG_SIZE = IMAGE_SIZE
 MASK_THRESHOLD = 0.0
-DENSE_EDGES = 0.1  # sign changes per low-res sample above which dense_mask_runs is cheaper (measured)
+#: sparse_mask_runs costs about as much per output edge as dense_mask_runs per 1 / DENSE_EDGES
+#: output pixels, plus a fixed part worth SPARSE_FIXED_EDGES edges (measured on two cores from
+#: 480x640 to 3000x4500, smooth to salt-and-pepper masks: benchmarks/sam_decode.py --calibrate)
+DENSE_EDGES = 0.016
+SPARSE_FIXED_EDGES = 6000
 _BOX_LABELS = np.array([2.0, 3.0], dtype=np.float32)
 _PAD_POINT = np.zeros((1, 2), dtype=np.float32)
 _PAD_LABEL = np.array([-1.0], dtype=np.float32)
@@ -97,16 +101,51 @@ class SamDecoder:
 
 def mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[int, int]) -> MaskRuns:
     """(K, 256, 256) logits -> the run lengths of Sam.postprocess_masks(...) > 0 (bilinear
-    to 1024, crop to size (h, w), bilinear to original_size (H, W), threshold) without
-    making any (H, W) array.
+    to 1024, crop to size (h, w), bilinear to original_size (H, W), threshold).
+
+    Each mask goes the cheaper of two ways, decided from its own low-res logits before
+    either runs (takes_dense_path): sparse_mask_runs for masks with few edges (what a
+    trained SAM gives), dense_mask_runs for ragged ones (random weights). Both give the
+    same masks."""
+    dense = takes_dense_path(low_res, size, original_size)
+    if not dense.any():
+        return sparse_mask_runs(low_res, size, original_size)
+    if dense.all():
+        return dense_mask_runs(low_res, size, original_size)
+    rles: list = [None] * len(low_res)
+    for chosen, way in ((dense, dense_mask_runs), (~dense, sparse_mask_runs)):
+        for index, rle in zip(np.flatnonzero(chosen), way(low_res[chosen], size, original_size).rles):
+            rles[index] = rle
+    return MaskRuns(tuple(original_size), rles)
+
+
+def takes_dense_path(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[int, int]) -> np.ndarray:
+    """(K,) bool: True for masks that dense_mask_runs makes faster than sparse_mask_runs.
+
+    A mask's output edges (run boundaries) are estimated from its logits: the sign changes
+    down each low-res column of the part that maps to the image, each one an edge in about
+    W / (those columns) output columns. The dense way is taken when they exceed
+    DENSE_EDGES * H * W - SPARSE_FIXED_EDGES: small images always (about 1 ms either way),
+    a 1500x2250 mask above ~48k edges (random weights give ~190k, a trained SAM's objects
+    a few thousand)."""
+    n = low_res.shape[-1]
+    up = IMG_SIZE // n
+    height, width = original_size
+    rows, columns = (min(n, -(-side // up) + 1) for side in size)
+    inside = low_res[:, :rows, :columns] > MASK_THRESHOLD
+    changes = np.count_nonzero(inside[:, 1:] != inside[:, :-1], axis=(1, 2))
+    return changes * (width / columns) > DENSE_EDGES * height * width - SPARSE_FIXED_EDGES
+
+
+def sparse_mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[int, int]) -> MaskRuns:
+    """mask_runs without making any (H, W) array: the cost grows with the masks' edges.
 
     Bilinear resizing is separable. Along x it is done for real, on the 256 low-res rows
     only: cols[k, x, l] (K x W x 256). Along y, output column x is piecewise linear in
     cols[k, x, :], so it can change sign only between low-res rows that do: there the two
     1024-level samples around the crossing are interpolated, then the output row where
     the final interpolation crosses zero. Those rows are the column's run boundaries, in
-    COCO's column-major order. Masks with an edge nearly everywhere (random weights) go
-    the plain way, dense_mask_runs, which is cheaper for them.
+    COCO's column-major order.
     """
     import cv2
 
@@ -121,8 +160,6 @@ def mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[i
     flat = cols.reshape(-1)
     inside = flat > MASK_THRESHOLD
     change = np.flatnonzero(inside[1:] != inside[:-1])
-    if len(change) > DENSE_EDGES * flat.size:
-        return dense_mask_runs(low_res, size, original_size)
     change = change[change % n != n - 1]  # not from one column's end to the next one's start
     column, row = np.divmod(change, n)  # sorted by (column, row)
     above, below = flat[change], flat[change + 1]
@@ -172,8 +209,9 @@ def _sample_rows(flat: np.ndarray, column: np.ndarray, row: np.ndarray, up: int,
 
 
 def dense_mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[int, int]) -> MaskRuns:
-    """mask_runs the plain way (full-size logits, thresholded, column by column), for masks
-    with so many edges that interpolating only at the edges costs more."""
+    """mask_runs the plain way (full-size logits, thresholded, column by column, encoded by
+    pycocotools), for masks with so many edges that interpolating only at the edges costs
+    more: the cost grows with the pixels."""
     import cv2
 
     h, w = size
