@@ -1,10 +1,12 @@
-"""SAM decode, one point at 1500x2250: the upstream ONNX recipe vs ours, in one run.
+"""SAM decode, one point at 1500x2250: the upstream ONNX recipe + RLE vs ours, in one run,
+on ragged masks (random weights) and smooth ones side by side.
 
-- upstream: segment_anything's SamOnnxModel exported with the slicing fix, onnxruntime on
-  2 threads, four masks upsampled in the graph to 1024 and then to the original size,
-  thresholded in numpy (the bare onnxruntime call: no HTTP, no encoding), timed in a
-  process of its own (--recipe-process same: in this one, where its spinning threads
-  slow whatever runs next here, our in-process call included).
+- upstream recipe + RLE: segment_anything's SamOnnxModel exported with the slicing fix,
+  onnxruntime on 2 threads, four masks upsampled in the graph to 1024 and then to the
+  original size, thresholded in numpy, then the three multimask masks encoded as COCO RLE
+  by pycocotools (what a user of the recipe does to answer RLE); timed in a process of its
+  own (--recipe-process same: in this one, where its spinning threads slow whatever runs
+  next here, our in-process call included). Its stages: graph (+ threshold), rle.
 - ours in-process: SamDecoder.decode (the sam-decode archive's .onnx) + RLE of the three
   multimask masks (encode_masks(result.runs, "rle")).
 - ours over HTTP: `smvision serve` with the sam-decode archive, one JSON request with
@@ -16,23 +18,31 @@
   embedding_dtype float16): half the bytes to send; its masks are compared too.
 
 The decoder is the same 4.06M parameters for every model type: vit_b's, random weights
-from a fixed seed (the archive is built with the same seed, so all paths share weights).
-The embedding is a real photo (skimage coffee, 400x600, upscaled to 1500x2250) through
-the CI-sized encoder. Random weights give salt-and-pepper masks (an edge at every other
-pixel) that no trained SAM gives; by default (--masks photo) each transposed
-convolution's 2x2 taps are tied, so the masks follow the photo's shapes in 4x4 blocks
-(rather more edges than a trained SAM's one-object masks). The arithmetic is the same
-either way: only the work per mask edge differs. The paths alternate call by call (order rotating each round) so
-machine load hits them alike; the masks of all paths are compared (IoU).
+from a fixed seed (each archive is built with the same seed as its recipe graph, so they
+share weights). The embedding is a real photo (skimage coffee, 400x600, upscaled to
+1500x2250) through the CI-sized encoder. Two decoders (--masks both, the default):
+"ragged", random weights as they are, whose masks have an edge at nearly every low-res
+sample (no trained SAM gives such masks, but they are the worst case for RLE); "smooth",
+the same weights with each transposed convolution's 2x2 taps tied, so the masks follow
+the photo's shapes in 4x4 blocks (rather more edges than a trained SAM's one-object
+masks). The arithmetic is the same either way: only the work per mask edge differs. All
+paths of both kinds alternate call by call (order rotating each round) so machine load
+hits them alike; the masks of all paths are compared with the recipe's (IoU).
 
 Per-stage medians follow: Server-Timing for HTTP (receive, input = JSON parse, fetch =
 base64 + .npy, graph = onnxruntime, runs = mask runs, masks = RLE strings, output = JSON
-answer), the same stages timed in-process. --spinning both adds an in-process decoder
-whose onnxruntime threads spin-wait (the session default) beside ours (they sleep).
-Last, where the served graph's time goes by kind of op (onnxruntime's profiler), and how
-much of 4x the recipe's time its matrix products and the receiving alone already take.
+answer), the same stages timed in-process, the recipe's graph and rle. --spinning both
+adds an in-process decoder whose onnxruntime threads spin-wait (the session default)
+beside ours (they sleep). Last, where the served graph's time goes by kind of op
+(onnxruntime's profiler), and how much of 4x the recipe's time its matrix products and
+the receiving alone already take.
 
-    python benchmarks/sam_decode.py [--rounds 40] [--no-http] [--threads 2] [--spinning both]
+--calibrate instead times the two ways mask runs are made (sparse_mask_runs,
+dense_mask_runs) one mask at a time, from smooth to salt-and-pepper logits at several
+image sizes, beside what takes_dense_path chooses: the measurements behind DENSE_EDGES.
+
+    python benchmarks/sam_decode.py [--rounds 40] [--masks both|ragged|smooth] [--no-http] [--threads 2]
+                                    [--spinning both] [--calibrate]
 """
 
 from __future__ import annotations
@@ -93,7 +103,7 @@ def tie_upscaling_taps(sam):
     return sam
 
 
-def build(model_type: str, workdir: Path, photo_masks: bool) -> tuple[Path, Path]:
+def build(model_type: str, workdir: Path, tied_taps: bool) -> tuple[Path, Path]:
     """(the upstream graph .onnx, the unpacked sam-decode archive), same random weights."""
     import torch
 
@@ -101,11 +111,12 @@ def build(model_type: str, workdir: Path, photo_masks: bool) -> tuple[Path, Path
     from smvision.archive.sam_onnx import export_sam_decoder
     from smvision.models.sam import build as sam_build
 
+    workdir.mkdir(parents=True, exist_ok=True)
     plain_build = sam_build.build_sam
 
     def build_sam(config):
         sam = plain_build(config)
-        return tie_upscaling_taps(sam) if photo_masks else sam
+        return tie_upscaling_taps(sam) if tied_taps else sam
 
     torch.manual_seed(SEED)
     upstream = export_sam_decoder(build_sam(sam_build.sam_config(model_type)), workdir / "upstream.onnx", upsample=True)
@@ -145,15 +156,21 @@ def upstream_feed(embedding: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def recipe_worker(connection, path: str, threads: int, feed: dict[str, np.ndarray]) -> None:
-    """In a process of its own: the recipe's call (session.run, threshold) per message,
-    answering (wall seconds, CPU seconds[, the three multimask masks])."""
+    """In a process of its own: the recipe's call (session.run, threshold) and pycocotools
+    RLE of its three multimask masks per message, answering (wall seconds, CPU seconds,
+    {stage: seconds}[, the RLEs])."""
+    from pycocotools import mask as mask_utils
+
     session = upstream_session(Path(path), threads)
     while (message := connection.recv()) is not None:
         cpu, started = time.process_time(), time.perf_counter()
         logits, _, _ = session.run(None, feed)
         masks = logits > 0.0
-        wall, used = time.perf_counter() - started, time.process_time() - cpu
-        connection.send((wall, used, masks[0, 1:] if message == "masks" else None))
+        graph = time.perf_counter()
+        rles = mask_utils.encode(np.asfortranarray(masks[0, 1:].transpose(1, 2, 0)).view(np.uint8))
+        ended = time.perf_counter()
+        wall, used = ended - started, time.process_time() - cpu
+        connection.send((wall, used, {"graph": graph - started, "rle": ended - graph}, rles if message == "masks" else None))
 
 
 class RecipeProcess:
@@ -169,14 +186,17 @@ class RecipeProcess:
         self.process = context.Process(target=recipe_worker, args=(child, str(path), threads, feed), daemon=True)
         self.process.start()
 
-    def run(self) -> tuple[float, float]:
+    def run(self, stages: list[dict[str, float]] | None = None) -> tuple[float, float]:
         self.connection.send("run")
-        wall, used, _ = self.connection.recv()
+        wall, used, seconds, _ = self.connection.recv()
+        if stages is not None:
+            stages.append({k: v * 1000 for k, v in seconds.items()})
         return wall, used
 
-    def masks(self) -> np.ndarray:
+    def masks(self) -> list[dict]:
+        """The three multimask masks as pycocotools RLEs."""
         self.connection.send("masks")
-        return self.connection.recv()[2]
+        return self.connection.recv()[3]
 
     def stop(self) -> None:
         self.connection.send(None)
@@ -254,17 +274,59 @@ def process_tree_cpu(pid: int) -> float:
     return total
 
 
+KINDS = {"ragged": False, "smooth": True}  # mask kind -> tie the upscaling taps (see the docstring)
+
+
+def calibrate(threads: int) -> int:
+    """sparse_mask_runs vs dense_mask_runs, one mask at a time, alternating, and which way
+    takes_dense_path sends it: smooth to salt-and-pepper logits at several sizes."""
+    import cv2
+
+    from smvision.models.sam.decoder import dense_mask_runs, input_size, sparse_mask_runs, takes_dense_path
+
+    cv2.setNumThreads(threads)
+    rng = np.random.default_rng(SEED)
+    noise = rng.normal(size=(256, 256)).astype(np.float32)
+    logits = {f"blur {sigma:g}": (cv2.GaussianBlur(noise, (0, 0), sigma) if sigma else noise) * 30
+              for sigma in (0, 0.7, 1, 1.5, 2, 3, 5, 10)}
+    for block in (4, 8):  # what tied taps give: blocks of the 64x64 tokens
+        logits[f"{block}x{block} blocks"] = np.kron(rng.normal(size=(256 // block,) * 2), np.ones((block, block))).astype(np.float32)
+    print(f"{'size':>11s} {'logits':>12s} {'sparse ms':>9s} {'dense ms':>9s} {'chosen':>7s} {'right':>5s}")
+    wrong = 0
+    for original_size in ((480, 640), (1500, 2250), (2250, 1500), (3000, 4500)):
+        size = input_size(original_size)
+        for name, low in logits.items():
+            low = low[None]
+            times: dict[str, list[float]] = {"sparse": [], "dense": []}
+            for _ in range(9):
+                for way, run in (("sparse", sparse_mask_runs), ("dense", dense_mask_runs)):
+                    started = time.perf_counter()
+                    run(low, size, original_size)
+                    times[way].append(time.perf_counter() - started)
+            sparse, dense = (statistics.median(times[w]) * 1000 for w in ("sparse", "dense"))
+            chosen = "dense" if takes_dense_path(low, size, original_size)[0] else "sparse"
+            right = chosen == ("dense" if dense < sparse else "sparse") or abs(sparse - dense) < 0.15 * min(sparse, dense)
+            wrong += not right
+            print(f"{original_size[0]:5d}x{original_size[1]:<5d} {name:>12s} {sparse:9.2f} {dense:9.2f} {chosen:>7s} "
+                  f"{'yes' if right else 'NO':>5s}")
+    print(f"(right: the faster way, or within 15% of it; {wrong} wrong; load average {os.getloadavg()[0]:.1f})")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model-type", default="vit_b")
     parser.add_argument("--no-http", action="store_true", help="skip the server (in-process only)")
-    parser.add_argument("--masks", choices=("photo", "random"), default="photo", help="see the module docstring")
+    parser.add_argument("--masks", choices=("both", *KINDS), default="both", help="see the module docstring")
     parser.add_argument("--recipe-process", choices=("own", "same"), default="own",
                         help="own: the recipe runs in a process of its own, so its spinning threads do not slow our in-process calls")
     parser.add_argument("--spinning", choices=("off", "both"), default="off", help="both: also time a decoder whose threads spin")
+    parser.add_argument("--calibrate", action="store_true", help="time the two ways of making mask runs (see the docstring)")
     args = parser.parse_args()
+    if args.calibrate:
+        return calibrate(args.threads)
 
     from pycocotools import mask as mask_utils
 
@@ -274,25 +336,18 @@ def main() -> int:
     from smvision.models.sam.masks import encode_masks
     from smvision.models.sam.prompts import parse_prompts
 
+    kinds = list(KINDS) if args.masks == "both" else [args.masks]
     scratch = tempfile.TemporaryDirectory(prefix="sam-decode-bench-")
     workdir = Path(scratch.name)
-    print(f"building the {args.model_type} decoder (random weights, seed {SEED}) and the embedding ...", flush=True)
-    upstream_path, model_dir = build(args.model_type, workdir, args.masks == "photo")
     embedding = photo_embedding()
-    recipe = RecipeProcess(upstream_path, args.threads, upstream_feed(embedding)) if args.recipe_process == "own" else None
-    session = upstream_session(upstream_path, args.threads) if recipe is None else None
     feed = upstream_feed(embedding)
-    onnx_path = model_dir / DECODER_FILE
-    decoder = SamDecoder(onnx_path, threads=args.threads)
-    spinning_decoder = SamDecoder(onnx_path, threads=args.threads, spinning=True) if args.spinning == "both" else None
     params = {"points": [POINT], "labels": [1], "mask_format": "rle"}
     prompts = parse_prompts(params, (HEIGHT, WIDTH), "bench")
-
-    def run_upstream() -> np.ndarray:
-        logits, _, _ = session.run(None, feed)
-        return logits > 0.0
-
     stages: dict[str, list[dict[str, float]]] = {}
+    paths: dict[str, Callable[[], tuple[float, float]]] = {}
+    answers: dict[str, list[dict]] = {}
+    references: dict[str, np.ndarray] = {}
+    recipes, servers, onnx_paths = [], [], {}
 
     def in_process(name: str, chosen) -> Callable[[], list]:
         def run() -> list:
@@ -305,61 +360,79 @@ def main() -> int:
 
         return run
 
-    run_ours = in_process("ours in-process", decoder)
-    upstream = timed(run_upstream) if recipe is None else recipe.run
-    paths: dict[str, Callable[[], tuple[float, float]]] = {"upstream recipe (bare ORT)": upstream, "ours in-process": timed(run_ours)}
-    reference = run_upstream()[0, 1:] if recipe is None else recipe.masks()
-    answers = {"ours in-process": run_ours()}
-    if spinning_decoder is not None:
-        run_spinning = in_process("ours in-process, spinning", spinning_decoder)
-        paths["ours in-process, spinning"] = timed(run_spinning)
-        answers["ours in-process, spinning"] = run_spinning()
-
-    server = None
-    if not args.no_http:
-        import requests
-
-        buffer = io.BytesIO()
-        np.save(buffer, embedding)
-        body = json.dumps({"image_embedding": base64.b64encode(buffer.getvalue()).decode(), "original_size": [HEIGHT, WIDTH], **params}).encode()
-        env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SMVISION_THREADS": str(args.threads)}
-        server = LocalServer(model_dir, env=env, log_path=workdir / "serve.log").__enter__()
-        http = requests.Session()
-        url = server.url + "/invocations"
-
-        npz = io.BytesIO()
-        np.savez(npz, image_embedding=embedding, original_size=np.array([HEIGHT, WIDTH]),
-                 **{k: np.array(v) for k, v in params.items()})
-        half = io.BytesIO()  # what a client gets from sam-encode with embedding_dtype float16
-        np.savez(half, image_embedding=embedding.astype(np.float16), original_size=np.array([HEIGHT, WIDTH]),
-                 **{k: np.array(v) for k, v in params.items()})
-        bodies = {"ours over HTTP": (body, "application/json"), "ours over HTTP, .npz": (npz.getvalue(), "application/x-npz"),
-                  "ours over HTTP, .npz fp16": (half.getvalue(), "application/x-npz")}
-
-        def poster(name: str) -> Callable[[], bytes]:
-            data, content_type = bodies[name]
-
-            def post() -> bytes:
-                response = http.post(url, data=data, headers={"Content-Type": content_type, "Accept": "application/json"})
-                response.raise_for_status()
-                timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
-                stages.setdefault(name, []).append({k: float(v) for k, v in timing.items()})
-                return response.content
-
-            return post
-
-        for name in bodies:
-            post = poster(name)
-            paths[name] = timed(post, lambda: process_tree_cpu(server.process.pid))
-            answer = json.loads(post())
-            answer = answer[0] if isinstance(answer, list) else answer
-            answers[name] = answer["masks"]
-
     try:
+        for kind in kinds:
+            print(f"building the {kind} {args.model_type} decoder (random weights, seed {SEED}) ...", flush=True)
+            upstream_path, model_dir = build(args.model_type, workdir / kind, KINDS[kind])
+            onnx_paths[kind] = model_dir / DECODER_FILE
+            recipe_name = f"{kind}: upstream recipe + RLE"
+            if args.recipe_process == "own":
+                recipe = RecipeProcess(upstream_path, args.threads, feed)
+                recipes.append(recipe)
+                paths[recipe_name] = lambda recipe=recipe, name=recipe_name: recipe.run(stages.setdefault(name, []))
+                reference = recipe.masks()
+            else:
+                session = upstream_session(upstream_path, args.threads)
+
+                def run_recipe(session=session, name=recipe_name) -> list:
+                    started = time.perf_counter()
+                    masks = session.run(None, feed)[0] > 0.0
+                    graph = time.perf_counter()
+                    rles = mask_utils.encode(np.asfortranarray(masks[0, 1:].transpose(1, 2, 0)).view(np.uint8))
+                    stages.setdefault(name, []).append({"graph": (graph - started) * 1000, "rle": (time.perf_counter() - graph) * 1000})
+                    return rles
+
+                paths[recipe_name] = timed(run_recipe)
+                reference = run_recipe()
+            references[kind] = mask_utils.decode(reference).transpose(2, 0, 1).astype(bool)
+            decoders = {f"{kind}: ours in-process": SamDecoder(onnx_paths[kind], threads=args.threads)}
+            if args.spinning == "both":
+                decoders[f"{kind}: ours in-process, spinning"] = SamDecoder(onnx_paths[kind], threads=args.threads, spinning=True)
+            for name, decoder in decoders.items():
+                run = in_process(name, decoder)
+                paths[name] = timed(run)
+                answers[name] = run()
+            if args.no_http:
+                continue
+            import requests
+
+            buffer = io.BytesIO()
+            np.save(buffer, embedding)
+            body = json.dumps({"image_embedding": base64.b64encode(buffer.getvalue()).decode(), "original_size": [HEIGHT, WIDTH], **params}).encode()
+            env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SMVISION_THREADS": str(args.threads)}
+            server = LocalServer(model_dir, env=env, log_path=workdir / f"serve-{kind}.log").__enter__()
+            servers.append(server)
+            http = requests.Session()
+            npz, half = io.BytesIO(), io.BytesIO()  # half: what a client gets from sam-encode with embedding_dtype float16
+            for out, array in ((npz, embedding), (half, embedding.astype(np.float16))):
+                np.savez(out, image_embedding=array, original_size=np.array([HEIGHT, WIDTH]), **{k: np.array(v) for k, v in params.items()})
+            bodies = {f"{kind}: ours over HTTP": (body, "application/json"),
+                      f"{kind}: ours over HTTP, .npz": (npz.getvalue(), "application/x-npz"),
+                      f"{kind}: ours over HTTP, .npz fp16": (half.getvalue(), "application/x-npz")}
+
+            def poster(name: str, url: str = server.url + "/invocations", http=http) -> Callable[[], bytes]:
+                data, content_type = bodies[name]
+
+                def post() -> bytes:
+                    response = http.post(url, data=data, headers={"Content-Type": content_type, "Accept": "application/json"})
+                    response.raise_for_status()
+                    timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+                    stages.setdefault(name, []).append({k: float(v) for k, v in timing.items()})
+                    return response.content
+
+                return post
+
+            for name in bodies:
+                post = poster(name)
+                paths[name] = timed(post, lambda pid=server.process.pid: process_tree_cpu(pid))
+                answer = json.loads(post())
+                answers[name] = (answer[0] if isinstance(answer, list) else answer)["masks"]
+
         for name, masks in answers.items():
+            reference = references[name.split(":")[0]]
             decoded = mask_utils.decode(masks).transpose(2, 0, 1).astype(bool)
             ious = [iou(a, b) for a, b in zip(decoded, reference)]
-            print(f"{name}: IoU with the upstream masks {', '.join(f'{v:.5f}' for v in ious)} "
+            print(f"{name}: IoU with the recipe's masks {', '.join(f'{v:.5f}' for v in ious)} "
                   f"(mask areas {', '.join(f'{m.mean():.1%}' for m in reference)}, {sum(len(m['counts']) for m in masks)} RLE chars)")
         for run in paths.values():  # warm up
             run()
@@ -372,33 +445,39 @@ def main() -> int:
                 wall, used = paths[name]()
                 times[name].append(wall)
                 cpu[name].append(used)
-        breakdown = graph_breakdown(onnx_path, decoder.feed(embedding, (HEIGHT, WIDTH), prompts), args.threads)
+        graph_kind = "smooth" if "smooth" in kinds else kinds[0]
+        decoder = SamDecoder(onnx_paths[graph_kind], threads=args.threads)
+        breakdown = graph_breakdown(onnx_paths[graph_kind], decoder.feed(embedding, (HEIGHT, WIDTH), prompts), args.threads)
     finally:
-        if server is not None:
+        for server in servers:
             server.stop()
-        if recipe is not None:
+        for recipe in recipes:
             recipe.stop()
         scratch.cleanup()
 
-    print(f"\n{args.rounds} rounds, {HEIGHT}x{WIDTH}, one point, {args.masks} masks, {args.threads} threads, os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
-    base_p50, base_p95 = p50_p95(times[names[0]])
-    base_cpu = statistics.fmean(cpu[names[0]]) * 1000
-    for name in names:
-        p50, p95 = p50_p95(times[name])
-        mean_cpu = statistics.fmean(cpu[name]) * 1000
-        ratio = "" if name == names[0] else f"   {base_p50 / p50:.2f}x faster at p50, {base_p95 / p95:.2f}x at p95, {base_cpu / mean_cpu:.2f}x less CPU"
-        print(f"{name:28s} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   CPU {mean_cpu:6.1f} ms/call{ratio}")
-    print("(CPU: this process's time for in-process calls; the server's process tree, 10 ms ticks, for HTTP)")
-    print("\nmedian ms per stage (Server-Timing over HTTP; the same stages in-process):")
+    print(f"\n{args.rounds} rounds, {HEIGHT}x{WIDTH}, one point, {' and '.join(kinds)} masks, {args.threads} threads, "
+          f"os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+    for kind in kinds:
+        base = f"{kind}: upstream recipe + RLE"
+        base_p50, base_p95 = p50_p95(times[base])
+        base_cpu = statistics.fmean(cpu[base]) * 1000
+        for name in (n for n in names if n.startswith(f"{kind}:")):
+            p50, p95 = p50_p95(times[name])
+            mean_cpu = statistics.fmean(cpu[name]) * 1000
+            ratio = "" if name == base else f"   {base_p50 / p50:.2f}x faster at p50, {base_p95 / p95:.2f}x at p95, {base_cpu / mean_cpu:.2f}x less CPU"
+            print(f"{name:36s} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   CPU {mean_cpu:6.1f} ms/call{ratio}")
+    print("(CPU: this process's time for in-process calls, the recipe's process's for the recipe; the server's process tree, 10 ms ticks, for HTTP)")
+    print("\nmedian ms per stage (Server-Timing over HTTP; the same stages in-process; the recipe's graph + threshold and pycocotools RLE):")
     for name, rows in stages.items():
         keys = list(dict.fromkeys(k for row in rows for k in row))
         medians = {k: statistics.median(row.get(k, 0.0) for row in rows) for k in keys}
-        print(f"  {name:28s} " + "  ".join(f"{k} {v:.1f}" for k, v in medians.items()))
-    print("\nthe served graph's kernels, median ms per run (onnxruntime's profiler, same session options):")
+        print(f"  {name:36s} " + "  ".join(f"{k} {v:.1f}" for k, v in medians.items()))
+    print(f"\nthe served graph's kernels ({graph_kind}), median ms per run (onnxruntime's profiler, same session options):")
     print("  " + "  ".join(f"{kind} {ms:.1f}" for kind, ms in breakdown.items()) + f"  (sum {sum(breakdown.values()):.1f})")
-    if "ours over HTTP, .npz" in stages:
-        target = base_p50 / 4
-        receive = statistics.median(row["receive"] for row in stages["ours over HTTP, .npz"])
+    npz_name = f"{graph_kind}: ours over HTTP, .npz"
+    if npz_name in stages:
+        target = p50_p95(times[f"{graph_kind}: upstream recipe + RLE"])[0] / 4
+        receive = statistics.median(row["receive"] for row in stages[npz_name])
         floor = breakdown["matrix products"] + receive
         print(f"4x the recipe is {target:.1f} ms end to end; the graph's matrix products alone ({breakdown['matrix products']:.1f} ms) "
               f"and receiving the 4 MB embedding ({receive:.1f} ms) take {floor:.1f} ms of it")

@@ -26,8 +26,8 @@ MASK_THRESHOLD = 0.0
 #: sparse_mask_runs costs about as much per output edge as dense_mask_runs per 1 / DENSE_EDGES
 #: output pixels, plus a fixed part worth SPARSE_FIXED_EDGES edges (measured on two cores from
 #: 480x640 to 3000x4500, smooth to salt-and-pepper masks: benchmarks/sam_decode.py --calibrate)
-DENSE_EDGES = 0.016
-SPARSE_FIXED_EDGES = 6000
+DENSE_EDGES = 0.012
+SPARSE_FIXED_EDGES = 7000
 _BOX_LABELS = np.array([2.0, 3.0], dtype=np.float32)
 _PAD_POINT = np.zeros((1, 2), dtype=np.float32)
 _PAD_LABEL = np.array([-1.0], dtype=np.float32)
@@ -126,7 +126,7 @@ def takes_dense_path(low_res: np.ndarray, size: tuple[int, int], original_size: 
     down each low-res column of the part that maps to the image, each one an edge in about
     W / (those columns) output columns. The dense way is taken when they exceed
     DENSE_EDGES * H * W - SPARSE_FIXED_EDGES: small images always (about 1 ms either way),
-    a 1500x2250 mask above ~48k edges (random weights give ~190k, a trained SAM's objects
+    a 1500x2250 mask above ~33k edges (random weights give ~190k, a trained SAM's objects
     a few thousand)."""
     n = low_res.shape[-1]
     up = IMG_SIZE // n
