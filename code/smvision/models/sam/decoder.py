@@ -217,8 +217,10 @@ def dense_mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: t
     h, w = size
     height, width = original_size
     columns = np.empty((low_res.shape[0], width, height), dtype=bool)
+    wide = np.empty((IMG_SIZE, IMG_SIZE), dtype=np.float32)  # one of each for all masks (fewer page faults)
+    full = np.empty((width, height), dtype=np.float32)
     for k, logits in enumerate(low_res):  # transposed, so each mask comes out column-major
-        wide = cv2.resize(np.ascontiguousarray(logits.T), (IMG_SIZE, IMG_SIZE), interpolation=cv2.INTER_LINEAR)
-        full = cv2.resize(wide[:w, :h], (height, width), interpolation=cv2.INTER_LINEAR)
+        cv2.resize(np.ascontiguousarray(logits.T), (IMG_SIZE, IMG_SIZE), dst=wide, interpolation=cv2.INTER_LINEAR)
+        cv2.resize(wide[:w, :h], (height, width), dst=full, interpolation=cv2.INTER_LINEAR)
         np.greater(full, MASK_THRESHOLD, out=columns[k])
     return MaskRuns.from_columns(columns)
