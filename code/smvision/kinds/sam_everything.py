@@ -122,8 +122,12 @@ def load_everything(model_dir: Path, manifest: Manifest, settings: RuntimeSettin
     decoder = PointBatchDecoder(manifest.artifact(model_dir, POINTS_DECODER), device="cpu", threads=threads)
     size = (683, 1024)
     embedding = np.zeros(EMBEDDING_SHAPE, np.float32)
-    warm_up = EverythingOptions(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    generate(size, warm_up, lambda crop_box: (embedding, input_size(size)), decoder)  # imports, first runs
+    every_mask = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+
+    def embed(crop_box: list[int]) -> tuple[np.ndarray, tuple[int, int]]:
+        return embedding, input_size(size)
+
+    generate(size, EverythingOptions(points_per_side=1, **every_mask), embed, decoder)  # imports, first runs
     rate = WorkRate(0.0)  # then measured: 4 prompts, 12 masks upsampled, scored and encoded
-    generate(size, warm_up, lambda crop_box: (embedding, input_size(size)), decoder, rate)
+    generate(size, EverythingOptions(points_per_side=2, **every_mask), embed, decoder, rate)
     return Everything(decoder, max_prompts, max_answer, rate)
