@@ -106,7 +106,7 @@ def mask_runs(low_res: np.ndarray, size: tuple[int, int], original_size: tuple[i
     Each mask goes the cheaper of two ways, decided from its own low-res logits before
     either runs (takes_dense_path): sparse_mask_runs for masks with few edges (what a
     trained SAM gives), dense_mask_runs for ragged ones (random weights). Both give the
-    same masks."""
+    same masks (a pixel could differ only where a logit rounds to exactly 0)."""
     dense = takes_dense_path(low_res, size, original_size)
     if not dense.any():
         return sparse_mask_runs(low_res, size, original_size)
