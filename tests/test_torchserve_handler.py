@@ -8,6 +8,7 @@ from typing import Any
 
 from smvision.errors import bad_request
 from smvision.records import Request
+from smvision.settings import RuntimeSettings
 from smvision.torchserve_handler import SmvisionHandler
 
 
@@ -30,10 +31,14 @@ class Context:
 
 
 class Recorder:
-    """A model whose predict answers the records' parameters, or raises what it is given."""
+    """A model whose predict answers the records' parameters, or raises what it is given
+    (served as the `sam` kind: JSON, JSON lines, CSV and images in; JSON, JSON lines out)."""
+
+    kind = "sam"
 
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
+        self.settings = RuntimeSettings()
 
     def predict(self, request: Request) -> list[dict[str, Any]]:
         if self.error is not None:
