@@ -1,7 +1,7 @@
 """A worker's life: loading the model, serving, stuck, draining after SIGTERM, exiting.
 
-GET /ping answers 200 once model_fn has returned; 503 before, and for good if it failed
-(the reason is in the log).
+The model is loading until model_fn returns, then ready, or failed for good (the
+reason, with the model dir's path left out, goes to /ping's 503 and the log).
 
 A worker whose handler threads are all held by requests that overran their timeout by
 SMVISION_STUCK_AFTER_S answers /ping 503 (so SageMaker replaces it) and new requests
