@@ -44,7 +44,7 @@ HEALTHY = b'{"status": "Healthy"}'
 
 
 class _Timeout(Exception):
-    pass
+    """Set on a request's future when SAGEMAKER_MODEL_SERVER_TIMEOUT has passed (a 504)."""
 
 
 class Service:
