@@ -334,7 +334,7 @@ def main() -> int:
     from smvision.inflight import request_scope, stage
     from smvision.models.sam.decoder import SamDecoder
     from smvision.models.sam.masks import encode_masks
-    from smvision.models.sam.prompts import parse_prompts
+    from smvision.kinds.sam_prompts import parse_prompts
 
     kinds = list(KINDS) if args.masks == "both" else [args.masks]
     scratch = tempfile.TemporaryDirectory(prefix="sam-decode-bench-")

@@ -48,7 +48,7 @@ def main() -> None:
     from smvision.inflight import request_scope
     from smvision.models.sam.build import build_sam, sam_config
     from smvision.models.sam.decoder import SamDecoder
-    from smvision.models.sam.prompts import parse_prompts
+    from smvision.kinds.sam_prompts import parse_prompts
     from segment_anything import SamPredictor
     from segment_anything.utils.amg import build_point_grid
     import torch

@@ -15,7 +15,7 @@ from smvision.errors import InferenceError
 from smvision.geo import Georef, orientation_affine, read_georef
 from smvision.images import decode_image
 from smvision.models.sam.geojson import GeoJsonOptions, feature_collection, mask_features
-from smvision.models.sam.prompts import parse_prompts
+from smvision.kinds.sam_prompts import parse_prompts
 
 UTM = (500000.0, 10.0, 0.0, 4600000.0, 0.0, -10.0)  # 10 m pixels, north up
 

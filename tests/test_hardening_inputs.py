@@ -158,7 +158,7 @@ def test_more_points_than_the_cap_is_a_413_naming_the_setting(decode_server):
 
 def test_the_points_cap_is_256_by_default(monkeypatch):
     from smvision.errors import InferenceError
-    from smvision.models.sam.prompts import parse_prompts
+    from smvision.kinds.sam_prompts import parse_prompts
 
     monkeypatch.delenv("SAM_MAX_POINTS", raising=False)
     assert len(parse_prompts({"points": [[1, 1]] * 256, "labels": [1] * 256}, (10, 10), "record 0").points) == 256

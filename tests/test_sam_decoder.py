@@ -17,7 +17,7 @@ from smvision.archive.sam_onnx import export_sam_decoder
 from smvision.errors import InferenceError
 from smvision.models.sam.decoder import SamDecoder
 from smvision.models.sam.masks import encode_masks
-from smvision.models.sam.prompts import MASK_FORMATS, parse_prompts
+from smvision.kinds.sam_prompts import MASK_FORMATS, parse_prompts
 from smvision.runtimes.onnx import create_session
 from support import skimage_photo
 

@@ -208,7 +208,8 @@ def test_generate_matches_the_generator_on_masks_with_shapes_crops_nms_and_small
     from segment_anything import SamAutomaticMaskGenerator
 
     from smvision.models.sam.decoder import input_size
-    from smvision.models.sam.everything import answer, generate, parse_options
+    from smvision.kinds.sam_everything import answer, parse_options
+    from smvision.models.sam.everything import generate
 
     knobs = {"points_per_side": 6, "crop_n_layers": 1, "pred_iou_thresh": 0.6, "stability_score_thresh": 0.8,
              "min_mask_region_area": 400, "box_nms_thresh": 0.5}

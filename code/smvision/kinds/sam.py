@@ -63,7 +63,7 @@ class SamModel:
 
     def predict(self, request: Request) -> list[dict[str, Any]]:
         """One result per record, in order; parameter names are checked before any image is read."""
-        from smvision.models.sam.prompts import PROMPT_KEYS
+        from smvision.kinds.sam_prompts import PROMPT_KEYS
 
         modes = []
         for record in request.records:
@@ -158,7 +158,7 @@ class SamModel:
     def prompts(self, record: Record, original_size: tuple[int, int], georef: Any = None) -> Any:
         """The record's prompts, checked against its image's size and georeferencing (400s
         name the record)."""
-        from smvision.models.sam.prompts import parse_prompts
+        from smvision.kinds.sam_prompts import parse_prompts
 
         size = (int(original_size[0]), int(original_size[1]))
         prompts = parse_prompts(record.params, size, record.label(), self.settings.max_points)

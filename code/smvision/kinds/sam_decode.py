@@ -5,7 +5,7 @@ A record (JSON, or one per JSON line) carries
                    float16), or an S3 reference to such a .npy: {"s3_uri": "s3://b/k.npy"}
                    or {"bucket": B, "key": K}
   original_size    [H, W] of the image the embedding came from (sam-encode answers it)
-and the prompts of smvision.models.sam.prompts: points + labels, box, mask_input,
+and the prompts of smvision.kinds.sam_prompts: points + labels, box, mask_input,
 multimask_output, mask_format (rle | png | polygon | npy | geojson), return_logits;
 for geojson, geotransform (+ crs) and simplify_tolerance.
 
@@ -193,7 +193,7 @@ class SamDecodeModel:
     def predict(self, request: Request) -> list[dict[str, Any]]:
         """One result per record, in order; every record's prompts are checked before any
         embedding is read (S3 embeddings are read concurrently)."""
-        from smvision.models.sam.prompts import PROMPT_KEYS
+        from smvision.kinds.sam_prompts import PROMPT_KEYS
 
         checked = []
         for record in request.records:
@@ -262,7 +262,7 @@ class SamDecodeModel:
 
     def prompts(self, record: Record, original_size: tuple[int, int]) -> Any:
         """The record's prompts, checked against the image size (400s name the record)."""
-        from smvision.models.sam.prompts import PROMPT_KEYS, parse_prompts
+        from smvision.kinds.sam_prompts import PROMPT_KEYS, parse_prompts
 
         params = {k: v for k, v in record.params.items() if k in PROMPT_KEYS}
         return parse_prompts(params, original_size, f"record {record.index}", self.settings.max_points)
@@ -271,7 +271,7 @@ class SamDecodeModel:
 def load_decoder(model_dir: Path, manifest: Manifest, settings: RuntimeSettings) -> Any:
     """The archive's ONNX decoder on ONNX Runtime (CPU), warmed up with one point."""
     from smvision.models.sam.decoder import SamDecoder
-    from smvision.models.sam.prompts import parse_prompts
+    from smvision.kinds.sam_prompts import parse_prompts
 
     decoder = SamDecoder(manifest.artifact(model_dir, DECODER), device="cpu", threads=settings.compute_threads()[0])
     size = (683, 1024)

@@ -9,29 +9,32 @@ crops preferred), then remove_small_regions when min_mask_region_area > 0. Logit
 upsampled only for masks that pass the IoU filter, a few at a time, so memory stays
 bounded by the image size rather than by points_per_batch.
 
-The deadline is checked before every crop and point batch and inside the stages whose
-time grows with the image: between each chunk's upsampling, stability scores and RLE,
-before each NMS, per mask when removing small regions and when encoding the answer. So a
-request stops within one step of one chunk of masks (under a second for a 49 MP image on
-two busy cores) of its 504, whatever the up-front estimate said.
+`checkpoint(what)` is called before every crop and point batch and inside the stages
+whose time grows with the image: between each chunk's upsampling, stability scores and
+RLE, before each NMS, per mask when removing small regions. The caller decides what a
+checkpoint does (the kinds check the request's deadline there, so a request stops within
+one step of one chunk of masks of its 504: under a second for a 49 MP image on two busy
+cores); this module raises nothing of its own and knows nothing of requests.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
-from smvision.errors import InferenceError, bad_request, too_large
-from smvision.inflight import check_deadline, current, stage
-from smvision.quoting import quote
+from smvision.inflight import stage
+from smvision.models.sam.workload import LOW_RES_UPSAMPLED, WorkRate, mask_pixels
 
-MODE = "everything"
-UPSAMPLE_FLOATS = 1 << 24  # float32 logits upsampled at once (64 MB: a step between deadline checks)
-MASKS_PER_PROMPT = 3  # the generator's multimask output
-LOW_RES_UPSAMPLED = 1024 * 1024  # every mask's logits go through 1024x1024 first
+UPSAMPLE_FLOATS = 1 << 24  # float32 logits upsampled at once (64 MB: a step between checkpoints)
+
+#: checkpoint(what is next): called between the steps of the work
+Checkpoint = Callable[[str], None]
+
+
+def no_checkpoint(what: str) -> None:
+    """The checkpoint of work without a deadline."""
 
 
 @dataclass(frozen=True)
@@ -67,140 +70,8 @@ class EverythingOptions:
         return [box for box, _ in kept], [layer for _, layer in kept]
 
     def lower(self) -> str:
-        """The knobs to lower for less work, with their values (for 413 / 504 messages)."""
+        """The knobs to lower for less work, with their values (for messages)."""
         return f"lower points_per_side (now {self.points_per_side}) or crop_n_layers (now {self.crop_n_layers})"
-
-
-#: knob -> (type, lowest, highest, lowest excluded); the ranges the generator makes sense in
-KNOBS: dict[str, tuple[type, float, float, bool]] = {
-    "points_per_side": (int, 1, 128, False),
-    "points_per_batch": (int, 1, 1024, False),
-    "pred_iou_thresh": (float, 0.0, 1.0, False),
-    "stability_score_thresh": (float, 0.0, 1.0, False),
-    "stability_score_offset": (float, 0.0, 100.0, True),
-    "box_nms_thresh": (float, 0.0, 1.0, True),
-    "crop_n_layers": (int, 0, 4, False),
-    "crop_nms_thresh": (float, 0.0, 1.0, True),
-    "crop_overlap_ratio": (float, 0.0, 0.99, False),
-    "crop_n_points_downscale_factor": (int, 1, 16, False),
-    "min_mask_region_area": (int, 0, 10**9, False),
-}
-assert set(KNOBS) == {f.name for f in fields(EverythingOptions)}
-
-
-def parse_options(params: Mapping[str, Any], where: str) -> EverythingOptions:
-    """The knobs a record sets (others keep the generator's defaults); a 400 names a bad one."""
-    values = {}
-    for name, (kind, low, high, open_low) in KNOBS.items():
-        if name not in params:
-            continue
-        value = params[name]
-        span = f"{'(' if open_low else '['}{low:g}, {high:g}]"
-        if kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-            if not ok:
-                raise bad_request(f"{where}: {name} must be an integer in {span}, got {quote(value)}")
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            ok = ok and (low < value if open_low else low <= value) and value <= high
-            if not ok:
-                raise bad_request(f"{where}: {name} must be a number in {span}, got {quote(value)}")
-            value = float(value)
-        values[name] = value
-    options = EverythingOptions(**values)
-    if int(options.points_per_side / options.crop_n_points_downscale_factor**options.crop_n_layers) < 1:
-        raise bad_request(
-            f"{where}: crop layer {options.crop_n_layers} would have no points: points_per_side "
-            f"{options.points_per_side} / crop_n_points_downscale_factor {options.crop_n_points_downscale_factor}"
-            f"^{options.crop_n_layers} < 1"
-        )
-    return options
-
-
-def mask_pixels(crop_size: tuple[int, int], image_size: tuple[int, int]) -> int:
-    """Pixels one mask of a crop goes through: its logits upsampled to 1024x1024 and then
-    to the crop (stability score, box), its RLE over the whole image."""
-    return LOW_RES_UPSAMPLED + crop_size[0] * crop_size[1] + image_size[0] * image_size[1]
-
-
-@dataclass(frozen=True)
-class Workload:
-    """How much work a request asks for, counted before any of it runs."""
-
-    prompts: int  # decoder prompts (grid points over every crop)
-    crops: int  # crops to encode besides the whole image
-    mask_pixels: int  # over every prompt: mask_pixels() of its crop (per mask it may upsample)
-    image_size: tuple[int, int]
-
-    @classmethod
-    def of(cls, options: EverythingOptions, image_size: tuple[int, int]) -> "Workload":
-        grids = options.grids()
-        boxes, layers = options.crops(image_size)
-        pixels = sum(
-            len(grids[layer]) * mask_pixels((y1 - y0, x1 - x0), image_size)
-            for (x0, y0, x1, y1), layer in zip(boxes, layers)
-        )
-        return cls(sum(len(grids[layer]) for layer in layers), len(layers) - 1, pixels, tuple(image_size))
-
-
-def _average(old: float, new: float) -> float:
-    return new if old == 0.0 else 0.7 * old + 0.3 * new
-
-
-class WorkRate:
-    """What everything mode's work costs, as measured on recent requests (exponential
-    averages, seeded at load), to refuse work that cannot fit the deadline: seconds per
-    decoder prompt, per mask pixel upsampled, scored and encoded (mask_pixels()), per crop
-    encode, and the share of the decoder's masks that pass a positive pred_iou_thresh (only
-    those are upsampled; 1 until requests show otherwise)."""
-
-    def __init__(self, per_prompt: float, per_mask_pixel: float = 0.0, per_encode: float = 0.0, kept: float = 1.0) -> None:
-        self.per_prompt = per_prompt
-        self.per_mask_pixel = per_mask_pixel
-        self.per_encode = per_encode
-        self.kept = kept
-
-    def seconds(self, work: Workload, options: EverythingOptions, encode_image: bool = False) -> float:
-        kept = self.kept if options.pred_iou_thresh > 0.0 else 1.0
-        upsampling = MASKS_PER_PROMPT * kept * work.mask_pixels * self.per_mask_pixel
-        return work.prompts * self.per_prompt + upsampling + (work.crops + int(encode_image)) * self.per_encode
-
-    def saw_prompts(self, count: int, seconds: float) -> None:
-        if count:
-            self.per_prompt = _average(self.per_prompt, seconds / count)
-
-    def saw_masks(self, count: int, pixels_each: int, seconds: float) -> None:
-        if count:
-            self.per_mask_pixel = _average(self.per_mask_pixel, seconds / (count * pixels_each))
-
-    def saw_kept(self, kept: int, decoded: int) -> None:
-        if decoded:
-            self.kept = 0.7 * self.kept + 0.3 * kept / decoded
-
-    def saw_encode(self, seconds: float) -> None:
-        self.per_encode = _average(self.per_encode, seconds)
-
-
-def check_workload(
-    work: Workload, options: EverythingOptions, rate: WorkRate, max_prompts: int, where: str, encode_image: bool = False
-) -> None:
-    """413 over the prompt limit; 504 up front when the work cannot fit the time left."""
-    if work.prompts > max_prompts:
-        raise too_large(
-            f"{where}: everything mode would run {work.prompts:,} point prompts over {work.crops + 1} crop(s), "
-            f"more than this endpoint's limit of {max_prompts:,} (SAM_EVERYTHING_MAX_PROMPTS); {options.lower()}"
-        )
-    inflight = current()
-    left = inflight.remaining() if inflight is not None else None
-    if left is not None:
-        needed = rate.seconds(work, options, encode_image)
-        if needed > left:
-            raise InferenceError(
-                504,
-                f"{where}: everything mode needs about {needed:.0f} s for {work.prompts:,} point prompts over "
-                f"{work.crops + 1} crop(s) of a {work.image_size[0]}x{work.image_size[1]} image, more than the "
-                f"{max(left, 0):.0f} s left of the request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT); {options.lower()}",
-            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,11 +91,13 @@ def generate(
     embed: Embedder,
     decoder: Any,
     rate: WorkRate | None = None,
+    checkpoint: Checkpoint = no_checkpoint,
 ) -> EverythingResult:
     """Every mask of an image of image_size (H, W), as SamAutomaticMaskGenerator.generate.
 
     embed(crop_box) -> (embedding (1, 256, 64, 64), input size (h, w)) of that crop of
-    the image; decoder: a PointBatchDecoder."""
+    the image; decoder: a PointBatchDecoder; rate: updated with what the work took;
+    checkpoint: called between the steps."""
     import time
 
     import torch
@@ -237,21 +110,21 @@ def generate(
     with torch.inference_mode():
         for index, (crop_box, layer) in enumerate(zip(crop_boxes, layers)):
             where = f"crop {index + 1} of {len(crop_boxes)}"
-            _check_deadline(f"before {where}", options)
+            checkpoint(f"before {where}")
             embedding, input_size = embed(crop_box)
             x0, y0, x1, y1 = crop_box
             crop_size = (y1 - y0, x1 - x0)
             points_for_crop = grids[layer] * np.array(crop_size)[None, ::-1]
             crop = MaskData()
             for number, (points,) in enumerate(batch_iterator(options.points_per_batch, points_for_crop)):
-                _check_deadline(f"after {number * options.points_per_batch} points of {where}", options)
+                checkpoint(f"after {number * options.points_per_batch} points of {where}")
                 started = time.perf_counter()
                 with stage("mask_decoder"):
                     scores, low_res = decoder.decode(embedding, points, crop_size)
                 decoded = time.perf_counter()
                 with stage("masks"):
                     batch, upsampled = _process_batch(
-                        points, scores, low_res, input_size, crop_box, image_size, options, where
+                        points, scores, low_res, input_size, crop_box, image_size, options, checkpoint, where
                     )
                     crop.cat(batch)
                 if rate is not None:
@@ -259,7 +132,7 @@ def generate(
                     rate.saw_masks(upsampled, mask_pixels(crop_size, image_size), time.perf_counter() - decoded)
                     if options.pred_iou_thresh > 0.0:
                         rate.saw_kept(upsampled, scores.size)
-            _check_deadline(f"before the box NMS of {where}", options)
+            checkpoint(f"before the box NMS of {where}")
             with stage("nms"):
                 if len(crop["rles"]):
                     keep = batched_nms(
@@ -270,7 +143,7 @@ def generate(
                 crop["points"] = uncrop_points(crop["points"], crop_box)
                 crop["crop_boxes"] = torch.tensor([crop_box for _ in range(len(crop["rles"]))]).reshape(-1, 4)
             data.cat(crop)
-        _check_deadline("before the NMS between crops", options)
+        checkpoint("before the NMS between crops")
         with stage("nms"):
             if len(crop_boxes) > 1 and len(data["rles"]):  # duplicates between crops: prefer smaller crops
                 scores = 1 / box_area(data["crop_boxes"])
@@ -278,17 +151,8 @@ def generate(
                 data.filter(keep)
         if options.min_mask_region_area > 0 and len(data["rles"]):
             with stage("small_regions"):
-                _remove_small_regions(data, options, max(options.box_nms_thresh, options.crop_nms_thresh))
+                _remove_small_regions(data, options, max(options.box_nms_thresh, options.crop_nms_thresh), checkpoint)
     return _result(data, image_size)
-
-
-def _check_deadline(what: str, options: EverythingOptions | None) -> None:
-    """check_deadline, with the knobs to lower in the 504's message."""
-    try:
-        check_deadline(what)
-    except InferenceError as exc:
-        knobs = options.lower() if options is not None else "lower points_per_side"
-        raise InferenceError(504, f"{exc.message}; everything mode: {knobs}") from None
 
 
 def _process_batch(
@@ -299,12 +163,13 @@ def _process_batch(
     crop_box: list[int],
     image_size: tuple[int, int],
     options: EverythingOptions,
+    checkpoint: Checkpoint = no_checkpoint,
     where: str = "",
 ) -> tuple[Any, int]:
     """The generator's _process_batch on (B, 3) scores and (B, 3, 256, 256) logits: filter
     by predicted IoU, stability score and crop edge; masks as COCO RLE in image pixels.
     Returns the MaskData and how many masks were upsampled (those past the IoU filter);
-    the deadline is checked between every step of every chunk."""
+    checkpoint is called between every step of every chunk."""
     import torch
     from segment_anything.utils.amg import MaskData, batched_mask_to_box, calculate_stability_score, is_box_near_crop_edge
 
@@ -329,17 +194,17 @@ def _process_batch(
         chosen = indices[start : start + step]
         span = f"{start + 1}" if len(chosen) == 1 else f"{start + 1}-{start + len(chosen)}"
         masks_of = f"mask(s) {span} of {len(indices)} ({where})"
-        _check_deadline(f"before upsampling {masks_of}", options)
+        checkpoint(f"before upsampling {masks_of}")
         masks = _upscale(logits[chosen], input_size, crop_size)
-        _check_deadline(f"after upsampling {masks_of}", options)
+        checkpoint(f"after upsampling {masks_of}")
         stability = calculate_stability_score(masks, 0.0, options.stability_score_offset)
         stable = stability >= options.stability_score_thresh if options.stability_score_thresh > 0.0 else torch.ones(len(chosen), dtype=torch.bool)
         chosen, stability, masks = chosen[stable], stability[stable], masks[stable] > 0.0
-        _check_deadline(f"after the stability scores of {masks_of}", options)
+        checkpoint(f"after the stability scores of {masks_of}")
         boxes = batched_mask_to_box(masks)
         inside = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, width, height])
         chosen, stability, masks, boxes = chosen[inside], stability[inside], masks[inside], boxes[inside]
-        _check_deadline(f"before the RLE of {masks_of}", options)
+        checkpoint(f"before the RLE of {masks_of}")
         out.cat(
             MaskData(
                 rles=_rles(masks.numpy(), crop_box, image_size),
@@ -378,9 +243,9 @@ def _rles(masks: np.ndarray, crop_box: list[int], image_size: tuple[int, int]) -
     return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)).view(np.uint8))
 
 
-def _remove_small_regions(data: Any, options: EverythingOptions, nms_thresh: float) -> None:
-    """The generator's postprocess_small_regions, one mask in memory at a time (the
-    deadline checked before each)."""
+def _remove_small_regions(data: Any, options: EverythingOptions, nms_thresh: float, checkpoint: Checkpoint) -> None:
+    """The generator's postprocess_small_regions, one mask in memory at a time (checkpoint
+    before each)."""
     import torch
     from pycocotools import mask as mask_utils
     from segment_anything.utils.amg import batched_mask_to_box, remove_small_regions
@@ -389,7 +254,7 @@ def _remove_small_regions(data: Any, options: EverythingOptions, nms_thresh: flo
     area = options.min_mask_region_area
     boxes, scores, changed_rles, changed_areas = [], [], {}, {}
     for index, rle in enumerate(data["rles"]):
-        _check_deadline(f"removing small regions, before mask {index + 1} of {len(data['rles'])}", options)
+        checkpoint(f"removing small regions, before mask {index + 1} of {len(data['rles'])}")
         mask = mask_utils.decode(rle).astype(bool)
         mask, changed_holes = remove_small_regions(mask, area, mode="holes")
         mask, changed_islands = remove_small_regions(mask, area, mode="islands")
@@ -400,7 +265,7 @@ def _remove_small_regions(data: Any, options: EverythingOptions, nms_thresh: flo
             changed_rles[index] = mask_utils.encode(np.asfortranarray(mask[:, :, None]).view(np.uint8))[0]
             changed_areas[index] = int(mask.sum())
     boxes = torch.stack(boxes)
-    _check_deadline("before the NMS after removing small regions", options)
+    checkpoint("before the NMS after removing small regions")
     keep = batched_nms(boxes.float(), torch.as_tensor(scores), torch.zeros(len(boxes)), nms_thresh)
     for index in keep.tolist():
         if index in changed_rles:
@@ -431,38 +296,3 @@ def _result(data: Any, image_size: tuple[int, int]) -> EverythingResult:
             }
         )
     return EverythingResult(MaskRuns(tuple(image_size), rles), records)
-
-
-def answer(
-    result: EverythingResult,
-    mask_format: str,
-    original_size: tuple[int, int],
-    max_bytes: int,
-    options: EverythingOptions | None = None,
-) -> dict[str, Any]:
-    """The answer: every mask's record with its "segmentation" in mask_format (through
-    encode_masks, so every mask format works); a 413 when it would exceed max_bytes. The
-    deadline is checked before each mask of a format other than rle (options: the knobs
-    its 504 names)."""
-    import json
-
-    from smvision.models.sam.masks import MaskRuns, encode_masks
-
-    with stage("masks"):
-        if mask_format == "rle" or not result.records:
-            encoded = encode_masks(result.runs, mask_format) if result.records else []
-        else:  # one mask decoded at a time: K full-size masks at once could be gigabytes
-            runs = result.runs
-            encoded = []
-            for index, rle in enumerate(runs.rles):
-                _check_deadline(f"encoding the answer, before mask {index + 1} of {len(runs.rles)}", options)
-                encoded.append(encode_masks(MaskRuns(runs.size, [rle]), mask_format)[0])
-    size = sum(len(json.dumps(m, separators=(",", ":"))) for m in encoded) + 200 * len(encoded)
-    if size > max_bytes:
-        raise too_large(
-            f"everything mode found {len(encoded)} masks, {size:,} bytes as {mask_format}, over the answer limit of "
-            f"{max_bytes:,} bytes (SAM_EVERYTHING_MAX_ANSWER_MB); raise pred_iou_thresh or stability_score_thresh, "
-            f"lower points_per_side{'' if mask_format == 'rle' else ', or use mask_format rle'}"
-        )
-    masks = [{"segmentation": segmentation, **record} for segmentation, record in zip(encoded, result.records)]
-    return {"mode": MODE, "mask_format": mask_format, "original_size": list(original_size), "masks": masks}
