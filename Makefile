@@ -7,11 +7,14 @@ PYTHON ?= python3
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-test.txt setup.cfg pyproject.toml
+# devtools/ (what tests, demo and benchmarks share; never in the wheel) goes in editable
+# after the project, so `import devtools` works from any script and directory.
+$(VENV)/.installed: requirements.txt requirements-test.txt setup.cfg pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --no-deps -e devtools
 	touch $@
 
 demo: install

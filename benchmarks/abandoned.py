@@ -26,8 +26,8 @@ from pathlib import Path
 import requests
 
 from common import BUCKET, d0_model_dir, put_photos
-from smvision.deploy.local_s3 import LocalS3
-from smvision.deploy.local_server import LocalServer
+from devtools.local_s3 import LocalS3
+from smvision.deploy.server_process import smvision_serve, wait_until
 
 
 def main() -> None:
@@ -43,18 +43,21 @@ def main() -> None:
         env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(args.timeout), "SMVISION_MAX_RECORDS": str(args.lines)}
         if args.server_path:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.server_path, os.environ.get("PYTHONPATH")]))
-        with LocalServer(model_dir, env) as server:
+        with smvision_serve(model_dir, env) as server:
             url = server.url
             body = "\n".join(f"{BUCKET}/rocket.jpg" for _ in range(args.lines))
             big = requests.post(url + "/invocations", data=body, headers={"Content-Type": "text/csv"}, timeout=args.timeout + 30)
             answered = time.monotonic()
             print(f"{args.lines}-line CSV answered {big.status_code} after the {args.timeout:g} s timeout", flush=True)
-            while time.monotonic() - answered < args.give_up:
+
+            def small_answered() -> bool:
                 small = requests.post(url + "/invocations", json={"bucket": BUCKET, "key": "coffee.png"},
                                       timeout=args.timeout + 30)
-                if small.status_code == 200:
-                    break
-            else:
+                return small.status_code == 200
+
+            try:
+                wait_until(small_answered, args.give_up, "a one-image request to answer 200", interval=0)
+            except TimeoutError:
                 print(f"worker still busy {args.give_up:g} s after the 504: gave up")
                 return
             print(f"first one-image request answered 200 {time.monotonic() - answered:.1f} s after the 504")

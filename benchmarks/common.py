@@ -1,7 +1,8 @@
 """Glue several benchmark scripts share: the photos, their bucket, a D0 archive.
 
-Benchmark-only: whatever tests need too lives in the package (smvision.deploy.local_s3,
-local_server, toolkit_harness). Scripts import this as `from common import ...` (a
+Benchmark-only: whatever tests need too lives in devtools (devtools.local_s3,
+toolkit_harness, weights; installed editable by `make install`) or in the package
+(smvision.deploy.server_process). Scripts import this as `from common import ...` (a
 script's own folder is first on sys.path).
 """
 
@@ -11,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from smvision.archive.build import extract_archive
-from smvision.deploy.local_s3 import BIN, LocalS3, skimage_photo
+from devtools.local_s3 import BIN, LocalS3, skimage_photo
 
 BUCKET = "bench"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")

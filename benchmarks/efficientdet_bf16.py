@@ -4,7 +4,7 @@ For D0 on four real photos: how far bf16 moves the class scores and the box regr
 (in input pixels) from fp32, how many of fp32's detections survive unchanged at a few
 thresholds, and the forward time of each (alternating, batch 1). Weights: zylo117's
 layout with random values whose statistics spread like a trained network's (BatchNorm
-statistics away from identity; smvision.archive.efficientdet.random_state_dict, as the
+statistics away from identity; devtools.weights.random_state_dict, as the
 tests use), since no trained checkpoint can be downloaded here.
 
     python benchmarks/efficientdet_bf16.py [--rounds 5]
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from smvision.archive.efficientdet import random_state_dict
-from smvision.deploy.local_s3 import skimage_photo
+from devtools.local_s3 import skimage_photo
+from devtools.weights import random_state_dict
 from smvision.models.efficientdet import EfficientDet, EfficientDetector, efficientdet_config
 from smvision.models.efficientdet.postprocess import postprocess
 from smvision.models.efficientdet.preprocess import preprocess

@@ -21,8 +21,8 @@ from pathlib import Path
 import requests
 
 from common import BUCKET, PHOTOS, d0_model_dir, put_photos
-from smvision.deploy.local_s3 import LocalS3
-from smvision.deploy.local_server import LocalServer
+from devtools.local_s3 import LocalS3
+from smvision.deploy.server_process import smvision_serve
 from smvision.deploy.stats import percentile
 
 
@@ -96,7 +96,7 @@ def main() -> None:
         model_dir = d0_model_dir(Path(tmp))
 
         handler, model = load_in_process(model_dir)
-        with LocalServer(model_dir, ready_timeout_s=180) as server:
+        with smvision_serve(model_dir, ready_timeout_s=180) as server:
             url = server.url
             local, http_one = interleaved(handler, model, url + "/invocations", payloads, args.requests)
             _, rps_one = over_http(url + "/invocations", payloads, args.requests, 1)

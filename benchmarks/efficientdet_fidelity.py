@@ -1,7 +1,7 @@
 """EfficientDet on ONNX Runtime: how far its class scores sit from torch's, and what each
 way of keeping them equal costs.
 
-Trained-like weights (smvision.archive.efficientdet.trained_like_efficientdet: BatchNorm
+Trained-like weights (devtools.weights.trained_like_efficientdet: BatchNorm
 calibrated on four photos, smooth kernels), the four photos as the batch; per variant the
 largest class-score and box-regression difference against the torch path as served (BN
 folded, channels_last) and the forward time at batch 1 (median of alternating rounds):
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from common import PHOTOS
-from smvision.deploy.local_s3 import skimage_photo
+from devtools.local_s3 import skimage_photo
 
 
 def session(onnx_bytes: bytes, threads: int, disabled: tuple[str, ...] = ()):
@@ -43,7 +43,7 @@ def session(onnx_bytes: bytes, threads: int, disabled: tuple[str, ...] = ()):
 def measure(coef: int, rounds: int, threads: int) -> None:
     import torch
 
-    from smvision.archive.efficientdet import trained_like_efficientdet
+    from devtools.weights import trained_like_efficientdet
     from smvision.archive.efficientdet_onnx import split_global_average_pools, torch_onnx_export
     from smvision.models.efficientdet import EfficientDetector
     from smvision.models.efficientdet.resize import preprocess_numpy

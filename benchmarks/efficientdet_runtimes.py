@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ import numpy as np
 import requests
 
 from common import BUCKET, PHOTOS, d0_model_dir, put_photos
-from smvision.deploy.local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process
-from smvision.deploy.local_server import LocalServer
+from devtools.local_s3 import LocalS3, skimage_photo
+from smvision.deploy.server_process import smvision_serve
 
 BATCHES = (1, 2, 4, 8)
 
@@ -93,39 +92,25 @@ def forward_table(coefs: list[int], rounds: int, threads: int) -> None:
             print(f"{'D' + str(coef):<6}{batch_size:>6}{t:>10.1f}{o:>10.1f}{o / t:>12.2f}")
 
 
-def start_server(model_dir: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [str(BIN / "smvision"), "serve", "--model-dir", str(model_dir), "--port", str(port)],
-        env={**os.environ, **env},
-        stdout=open(log, "ab"),
-        stderr=subprocess.STDOUT,
-    )
-    return process, f"http://127.0.0.1:{port}/invocations"
-
-
-def first_good_answer(model_dir: Path, env: dict[str, str], log: Path, body: str) -> float:
+def first_good_answer(model_dir: Path, env: dict[str, str], body: str) -> float:
     """Seconds from starting `serve` to its first 200 answer with detections."""
-    started = time.perf_counter()
-    process, url = start_server(model_dir, env, log)
+    server = smvision_serve(model_dir, env, poll_s=0.01).start()
     try:
-        while time.perf_counter() - started < 120:
-            try:
-                response = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=10)
-                if response.status_code == 200 and "detections" in response.json():
-                    return time.perf_counter() - started
-            except requests.RequestException:
-                pass
-            time.sleep(0.01)
-        raise SystemExit(f"no good answer within 120 s; see {log}")
+        def detections() -> bool:
+            response = requests.post(server.url + "/invocations", data=body,
+                                     headers={"Content-Type": "application/json"}, timeout=10)
+            return response.status_code == 200 and "detections" in response.json()
+
+        server.wait_until(detections, 120, "a first good answer")
+        return time.monotonic() - server.started_at
     finally:
-        stop_process(process)
+        server.stop()
 
 
 def http_and_cold_start(calls: int, rounds: int, pred_threshold: float) -> None:
     with tempfile.TemporaryDirectory() as tmp, LocalS3() as s3:
         put_photos(s3)
-        model_dir, log = d0_model_dir(Path(tmp)), Path(tmp) / "serve.log"
+        model_dir = d0_model_dir(Path(tmp))
 
         variants = {
             "onnx, batch 1 (default)": {},
@@ -136,7 +121,8 @@ def http_and_cold_start(calls: int, rounds: int, pred_threshold: float) -> None:
         csv = "\n".join(keys)
         env_threshold = {"DEFAULT_PRED_THRESHOLD": str(pred_threshold)}
         with contextlib.ExitStack() as stack:
-            servers = {name: stack.enter_context(LocalServer(model_dir, {**env, **env_threshold}, log_path=Path(tmp) / f"serve-{i}.log"))
+            servers = {name: stack.enter_context(smvision_serve(model_dir, {**env, **env_threshold},
+                                                                log_path=Path(tmp) / f"serve-{i}.log"))
                        for i, (name, env) in enumerate(variants.items())}
             session = requests.Session()
             elapsed: dict[str, list[float]] = {name: [] for name in variants}
@@ -162,7 +148,7 @@ def http_and_cold_start(calls: int, rounds: int, pred_threshold: float) -> None:
             names = list(starts) if round_number % 2 == 0 else list(starts)[::-1]
             for name in names:
                 env = {} if name.startswith("onnx") else {"SMVISION_RUNTIME": "torch"}
-                starts[name].append(first_good_answer(model_dir, env, log, body))
+                starts[name].append(first_good_answer(model_dir, env, body))
         print(f"\n3. cold start to the first good answer of `serve` (D0, inline photo), {rounds} alternating rounds")
         for name, seconds in starts.items():
             print(f"{name:<26}median {statistics.median(seconds):.2f} s  (all: {', '.join(f'{s:.2f}' for s in seconds)})")

@@ -62,8 +62,8 @@ from typing import Callable
 
 import numpy as np
 
-from smvision.deploy.local_s3 import skimage_photo
-from smvision.deploy.local_server import LocalServer
+from devtools.local_s3 import skimage_photo
+from smvision.deploy.server_process import smvision_serve as LocalServer
 
 HEIGHT, WIDTH = 1500, 2250
 POINT = [1125.0, 750.0]

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from smvision.deploy.local_s3 import skimage_photo
+from devtools.local_s3 import skimage_photo
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smvision.deploy.local_s3 import skimage_photo
+from devtools.local_s3 import skimage_photo
 
 KNOBS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
 

@@ -14,14 +14,14 @@ import argparse
 import importlib.util
 import multiprocessing as mp
 import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from smvision.deploy.server_process import ServerProcess, free_port
 
 ENTRY = '''
 def model_fn(model_dir):
@@ -31,12 +31,6 @@ def model_fn(model_dir):
 def transform_fn(model, body, content_type, accept):
     return body, content_type
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def request_bytes(port: int, body: bytes, content_type: str) -> bytes:
@@ -170,47 +164,21 @@ app = Starlette(routes=[Route("/invocations", echo, methods=["POST"]), Route("/p
 """
 
 
-def start(cmd: list[str], port: int, log_path: Path) -> tuple[subprocess.Popen, float]:
-    """Start a server; return it and the seconds until /ping answered 200."""
-    log = open(log_path, "wb")
-    server = subprocess.Popen(
-        cmd, env={**os.environ, "SMVISION_BIND_HOST": "127.0.0.1"},
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    log.close()
-    started = time.perf_counter()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"server exited: {log_path.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-                if read_response(sock, bytearray())[0] == 200:
-                    return server, time.perf_counter() - started
-        except OSError:
-            time.sleep(0.05)
-    stop(server)
-    raise TimeoutError("server never answered /ping 200")
+def start(cmd: list[str], port: int, log_path: Path) -> ServerProcess:
+    """Start a server and wait until /ping answers 200 (server.ready_after: how long that took)."""
+    server = ServerProcess(cmd, f"http://127.0.0.1:{port}", env={**os.environ, "SMVISION_BIND_HOST": "127.0.0.1"},
+                           log_path=log_path, ready_timeout_s=60, poll_s=0.05)
+    return server.start_and_wait()
 
 
-def stop(server: subprocess.Popen) -> int:
-    server.send_signal(signal.SIGTERM)
-    try:
-        return server.wait(30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        return server.wait(5)
-
-
-def measure(name: str, server: subprocess.Popen, port: int, body: bytes, args, local_p50: float
+def measure(name: str, server: ServerProcess, port: int, body: bytes, args, local_p50: float
             ) -> dict[int, float]:
     request = request_bytes(port, body, args.content_type)
     p50s = {}
     for clients in args.clients:
-        cpu = cpu_seconds(server.pid)
+        cpu = cpu_seconds(server.process.pid)
         lat, rps = run_clients(port, request, body, clients, args.requests, args.warmup)
-        cpu = (cpu_seconds(server.pid) - cpu) / (len(lat) + clients * args.warmup)
+        cpu = (cpu_seconds(server.process.pid) - cpu) / (len(lat) + clients * args.warmup)
         p50 = p50s[clients] = statistics.median(lat)
         print(f"{name:<22} {clients:>7} {len(lat):>8} {rps:>8,.0f} {p50 * 1e3:>7.3f} "
               f"{pct(lat, 0.95) * 1e3:>7.3f} {pct(lat, 0.99) * 1e3:>7.3f} "
@@ -261,13 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for name, cmd in runs:
             port = free_port()
-            server, ready = start([*cmd, "--port", str(port)], port, Path(tmp) / "serve.log")
+            server = start([*cmd, "--port", str(port)], port, Path(tmp) / "serve.log")
             try:
                 results[name] = measure(name, server, port, body, args, local_p50)
             finally:
-                code = stop(server)
+                code = server.stop()
             if name.startswith("smvision"):
-                print(f"{'':<22} ready {ready:.2f} s after start; exit code after SIGTERM: {code}")
+                print(f"{'':<22} ready {server.ready_after:.2f} s after start; exit code after SIGTERM: {code}")
         if len(results) == 2:
             floor, ours = results.values()
             print("smvision serve over the floor (p50): " + ", ".join(

@@ -5,7 +5,7 @@
 
 "Toolkit" is sagemaker-pytorch-inference 2.0.25 on TorchServe 0.12, as `serve` runs it in
 the AWS PyTorch 2.6 inference image, natively from its own venv (built or reused by
-tests/toolkit/setup_toolkit_venv.sh); "ours" is `smvision serve`. Both get the same
+devtools/toolkit/setup_toolkit_venv.sh); "ours" is `smvision serve`. Both get the same
 extracted archive (read-only), the same S3 (a moto server with skimage photos), the same
 number of model workers, and the same requests.
 
@@ -38,16 +38,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from smvision.deploy import toolkit_harness as h
-from smvision.deploy.local_s3 import LocalS3, skimage_photo
+from devtools import toolkit_harness as h
+from devtools.local_s3 import LocalS3, skimage_photo
+from smvision.deploy.server_process import ServerProcess
 from smvision.deploy.stats import percentile
 
 
 class MemorySampler:
-    """Peaks of server.rss() (every `every` s) and server.uss() (every `uss_every` s),
+    """Peaks of h.rss(server) (every `every` s) and h.uss(server) (every `uss_every` s),
     sampled only while running (reading smaps_rollup costs CPU: keep it rare)."""
 
-    def __init__(self, server: h.ServerProcess, every: float = 0.25, uss_every: float = 2.0) -> None:
+    def __init__(self, server: ServerProcess, every: float = 0.25, uss_every: float = 2.0) -> None:
         self.server, self.every, self.uss_every = server, every, uss_every
         self.rss_peak = self.uss_peak = 0
         self._running = threading.Event()
@@ -60,9 +61,9 @@ class MemorySampler:
         while not self._done.is_set():
             if not self._running.wait(0.1):
                 continue
-            self.rss_peak = max(self.rss_peak, self.server.rss())
+            self.rss_peak = max(self.rss_peak, h.rss(self.server))
             if time.monotonic() - last_uss >= self.uss_every:
-                self.uss_peak = max(self.uss_peak, self.server.uss())
+                self.uss_peak = max(self.uss_peak, h.uss(self.server))
                 last_uss = time.monotonic()
             self._done.wait(self.every)
 
@@ -80,7 +81,7 @@ class MemorySampler:
 class Measured:
     """One server's numbers, gathered over several rounds."""
 
-    def __init__(self, server: h.ServerProcess, call: h.Call, bucket: str) -> None:
+    def __init__(self, server: ServerProcess, call: h.Call, bucket: str) -> None:
         self.server, self.body, self.headers = server, call.render(bucket), call.headers()
         self.url = server.url + "/invocations"
         self.latencies: list[float] = []
@@ -91,13 +92,13 @@ class Measured:
     def post(self) -> h.Reply:
         reply = h.post(self.url, self.body, self.headers)
         if reply.status != 200:
-            raise RuntimeError(f"{self.server.label}: {reply.status} {reply.body[:300]!r}")
+            raise RuntimeError(f"{self.server.name}: {reply.status} {reply.body[:300]!r}")
         return reply
 
     def idle(self) -> None:
         time.sleep(1.0)
-        self.result["rss_idle_mb"] = self.server.rss() / 2**20
-        self.result["uss_idle_mb"] = self.server.uss() / 2**20
+        self.result["rss_idle_mb"] = h.rss(self.server) / 2**20
+        self.result["uss_idle_mb"] = h.uss(self.server) / 2**20
         for _ in range(3):  # warm-up
             self.post()
 
@@ -177,14 +178,16 @@ def main(argv: list[str] | None = None) -> int:
             **case.env,
         }
         measured: dict[str, Measured] = {}
-        servers: list[h.ServerProcess] = []
+        servers: list[ServerProcess] = []
         with LocalS3(root / "moto.log") as s3, h.ToolkitLock():
             s3.put(h.BUCKET, {name: skimage_photo(name).read_bytes() for name in h.PHOTOS})
             env.update(s3.env)
             starts = {
-                "ours": lambda: h.OurServer(h.extract_archive(archive, root / "ours" / "model"), root / "ours", env),
-                "toolkit": lambda: h.ToolkitServer(
-                    venv, h.extract_archive(archive, root / "toolkit" / "base" / "model"), root / "toolkit", env
+                "ours": lambda: h.our_server(h.extract_archive(archive, root / "ours" / "model"), root / "ours", env,
+                                             call, h.BUCKET, args.timeout),
+                "toolkit": lambda: h.toolkit_server(
+                    venv, h.extract_archive(archive, root / "toolkit" / "base" / "model"), root / "toolkit", env,
+                    call, h.BUCKET, args.timeout,
                 ),
             }
             try:
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 for key, start in starts.items():
                     server = start()
                     servers.append(server)
-                    startup = server.wait_ready(call, h.BUCKET, args.timeout)
+                    startup = server.start_and_wait().ready_after
                     measured[key] = Measured(server, call, h.BUCKET)
                     measured[key].result["startup_s"] = startup
                     measured[key].idle()

@@ -23,10 +23,10 @@ import time
 import zipfile
 from pathlib import Path
 
-from smvision.deploy import toolkit_harness as h
-from smvision.deploy.local_s3 import S3_ENV, LocalS3
+from devtools import toolkit_harness as h
+from devtools.local_s3 import S3_ENV, LocalS3
+from devtools.toolkit_harness import build_mar
 from smvision.deploy.stats import percentile
-from smvision.deploy.toolkit_harness import TorchServe, build_mar
 
 CASES = {"sam-decode": h.SAM_DECODE, "sam-encode": h.SAM_ENCODE}
 
@@ -67,14 +67,15 @@ def main(argv: list[str] | None = None) -> int:
                 servers = {}
                 try:
                     # one after the other, each starting alone
-                    servers["ours"] = h.OurServer(model_dir, root / "ours", {**env, "SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
-                    startup = {"ours": servers["ours"].wait_ready(call, h.BUCKET, 240)}
-                    servers["torchserve"] = TorchServe(venv, store, root / "torchserve", env, settings)
-                    servers["torchserve"].wait_model(mar.stem, call, h.BUCKET, 240)
-                    startup["torchserve"] = time.monotonic() - servers["torchserve"].started
+                    servers["ours"] = h.our_server(model_dir, root / "ours", {**env, "SAGEMAKER_MODEL_SERVER_WORKERS": "1"},
+                                                   call, h.BUCKET, 240).start()
+                    startup = {"ours": servers["ours"].wait_ready().ready_after}
+                    servers["torchserve"] = h.torchserve(venv, store, root / "torchserve", env, settings).start()
+                    h.wait_model(servers["torchserve"], mar.stem, call, h.BUCKET, 240)
+                    startup["torchserve"] = time.monotonic() - servers["torchserve"].started_at
                     send = {
-                        "ours": lambda: servers["ours"].invoke(call, h.BUCKET),
-                        "torchserve": lambda: servers["torchserve"].predict(mar.stem, call, h.BUCKET),
+                        "ours": lambda: h.invoke(servers["ours"], call, h.BUCKET),
+                        "torchserve": lambda: h.predict(servers["torchserve"], mar.stem, call, h.BUCKET),
                     }
                     for name in send:  # warm-up
                         for _ in range(3):

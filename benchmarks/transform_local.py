@@ -15,13 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from smvision.deploy.local_s3 import LocalS3, skimage_photo
-
-from smvision.archive.build import extract_archive  # noqa: E402
-from smvision.archive.efficientdet import build_efficientdet_archive  # noqa: E402
-from smvision.deploy.local_server import LocalServer  # noqa: E402
-from smvision.deploy.local_transform import TransformOptions, run_local_transform  # noqa: E402
-from smvision.deploy.stats import percentile  # noqa: E402
+from devtools.local_s3 import LocalS3, skimage_photo
+from smvision.archive.build import extract_archive
+from smvision.archive.efficientdet import build_efficientdet_archive
+from smvision.deploy.local_transform import TransformOptions, run_local_transform
+from smvision.deploy.server_process import smvision_serve
+from smvision.deploy.stats import percentile
 
 BUCKET = "bench-transform"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
@@ -44,7 +43,7 @@ def main() -> None:
         model_dir = extract_archive(archive, Path(tmp) / "model")
         env = TransformOptions(max_concurrent_transforms=2, max_payload_mb=6).server_env()
         seconds: dict[tuple[str, int], list[float]] = {variant: [] for variant in VARIANTS}
-        with LocalServer(model_dir, env=env) as server:
+        with smvision_serve(model_dir, env=env) as server:
             for round_index in range(args.rounds):
                 order = VARIANTS if round_index % 2 == 0 else tuple(reversed(VARIANTS))
                 for strategy, concurrency in order:

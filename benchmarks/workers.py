@@ -28,8 +28,8 @@ from pathlib import Path
 import requests
 
 from common import BUCKET, PHOTOS, d0_model_dir, put_photos
-from smvision.deploy.local_s3 import LocalS3
-from smvision.deploy.local_server import LocalServer
+from devtools.local_s3 import LocalS3
+from smvision.deploy.server_process import smvision_serve
 from smvision.threads import cpu_count
 
 
@@ -64,7 +64,7 @@ def main() -> None:
         put_photos(s3)
         model_dir = d0_model_dir(Path(tmp))
         with contextlib.ExitStack() as running:  # each ready once all its workers have loaded
-            servers = [running.enter_context(LocalServer(model_dir, env, ready_timeout_s=600, workers=workers))
+            servers = [running.enter_context(smvision_serve(model_dir, env, ready_timeout_s=600, workers=workers))
                        for _, workers, env in configs]
             results: dict[str, list[float]] = {name: [] for name, _, _ in configs}
             for number in range(args.rounds):

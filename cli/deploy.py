@@ -24,7 +24,7 @@ def _fails_cleanly(handler: ArgHandler) -> ArgHandler:
 
         from smvision.archive.push import PushError
         from smvision.deploy.aws import AwsError, describe_error
-        from smvision.deploy.local_server import ServerError
+        from smvision.deploy.server_process import ServerError
 
         try:
             return handler(args)

@@ -19,28 +19,17 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
-from smvision.deploy.local_s3 import BIN, LocalS3, skimage_photo, stop_process
+from devtools.local_s3 import BIN, LocalS3, skimage_photo
+from smvision.deploy.server_process import ServerError, ServerProcess, smvision_serve
 
 BUCKET = "smvision-demo"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg")
-
-def wait_ok(url: str, process: subprocess.Popen, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"{what} exited with {process.returncode}; see its log")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    sys.exit(f"{what} was not ready after {seconds} s")
+#: as `smvision serve` binds by default (smvision_serve would keep it to 127.0.0.1)
+ALL_INTERFACES = {"SMVISION_BIND_HOST": "0.0.0.0"}
 
 
 def port_free(port: int) -> bool:
@@ -88,12 +77,15 @@ def main() -> None:
         if not port_free(port):
             sys.exit(f"port {port} is in use; pass --port (the demo uses it and the next two)")
     # 1. A local S3 holding real photos (moto server), reached through boto3 as AWS would be.
-    with LocalS3(out / "s3.log") as s3:
-        photos = {name: skimage_photo(name).read_bytes() for name in PHOTOS}
-        s3.put(BUCKET, {f"images/{name}": data for name, data in photos.items()})
-        print(f"local S3 at {s3.url}: s3://{BUCKET}/images/{{{','.join(PHOTOS)}}}")
-        run_demo(args, out, photos)
-        run_sam_demo(args, out, photos)
+    try:
+        with LocalS3(out / "s3.log") as s3:
+            photos = {name: skimage_photo(name).read_bytes() for name in PHOTOS}
+            s3.put(BUCKET, {f"images/{name}": data for name, data in photos.items()})
+            print(f"local S3 at {s3.url}: s3://{BUCKET}/images/{{{','.join(PHOTOS)}}}")
+            run_demo(args, out, photos)
+            run_sam_demo(args, out, photos)
+    except ServerError as exc:  # a server exited or never became ready: its log's tail says why
+        sys.exit(f"demo: {exc}")
 
 
 def run_demo(args: argparse.Namespace, out: Path, photos: dict[str, bytes]) -> None:
@@ -108,18 +100,14 @@ def run_demo(args: argparse.Namespace, out: Path, photos: dict[str, bytes]) -> N
     subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
 
     # 3. Serve it on the SageMaker hosting contract.
-    started = time.monotonic()
-    command = [str(BIN / "smvision"), "serve", "--model-dir", str(model_dir), "--port", str(args.port)]
-    with open(out / "serve.log", "wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    server = smvision_serve(model_dir, ALL_INTERFACES, port=args.port, log_path=out / "serve.log", ready_timeout_s=180)
     try:
-        url = f"http://127.0.0.1:{args.port}"
-        wait_ok(url + "/ping", server, 180, "smvision serve")
-        print(f"serve ready on {url} after {time.monotonic() - started:.1f} s (log: {out / 'serve.log'})")
-        send_requests(url, out, photos, args.weights)
+        server.start_and_wait()
+        print(f"serve ready on {server.url} after {server.ready_after:.1f} s (log: {out / 'serve.log'})")
+        send_requests(server.url, out, photos, args.weights)
     finally:
         print("stopping the EfficientDet server")
-        stop_process(server)
+        server.stop()
 
 
 def send_requests(url: str, out: Path, photos: dict[str, bytes], weights: str | None) -> None:
@@ -157,35 +145,32 @@ def send_requests(url: str, out: Path, photos: dict[str, bytes], weights: str | 
               "Pass --weights efficientdet-d0.pth (zylo117) for real detections.")
 
 
-def start_server(kind: str, build_args: list[str], out: Path, port: int) -> subprocess.Popen:
+def start_server(kind: str, build_args: list[str], out: Path, port: int) -> ServerProcess:
     """Build an archive of kind, extract it, and start `smvision serve` on it."""
     archive = out / f"{kind}.tar.gz"
     subprocess.run([str(BIN / "smvision"), "archive", "build", kind, *build_args, "--output", str(archive)], check=True)
     model_dir = out / kind
     model_dir.mkdir()
     subprocess.run(["tar", "-xzf", str(archive), "-C", str(model_dir)], check=True)
-    with open(out / f"serve-{kind}.log", "wb") as log:
-        return subprocess.Popen(
-            [str(BIN / "smvision"), "serve", "--model-dir", str(model_dir), "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = smvision_serve(model_dir, ALL_INTERFACES, port=port, log_path=out / f"serve-{kind}.log",
+                            ready_timeout_s=180)
+    return server.start()
 
 
 def run_sam_demo(args: argparse.Namespace, out: Path, photos: dict[str, bytes]) -> None:
     # 6. Segment Anything, split as on SageMaker: sam-encode (torch; a GPU endpoint in
     #    production) makes the embedding once; sam-decode (ONNX Runtime; CPU) answers prompts.
     build = ["--model-type", args.sam_model_type] + (["--checkpoint", args.sam_checkpoint] if args.sam_checkpoint else [])
-    servers = {}
+    servers: dict[str, ServerProcess] = {}
     try:
         for offset, kind in ((1, "sam-encode"), (2, "sam-decode")):
-            servers[kind] = (start_server(kind, build, out, args.port + offset), f"http://127.0.0.1:{args.port + offset}")
-        for kind, (server, url) in servers.items():
-            wait_ok(url + "/ping", server, 180, f"smvision serve ({kind})")
-        send_sam_requests(servers["sam-encode"][1], servers["sam-decode"][1], out, photos, args.sam_checkpoint)
+            servers[kind] = start_server(kind, build, out, args.port + offset)
+        for server in servers.values():
+            server.wait_ready()
+        send_sam_requests(servers["sam-encode"].url, servers["sam-decode"].url, out, photos, args.sam_checkpoint)
     finally:
-        for server, _ in servers.values():
-            stop_process(server)
+        for server in servers.values():
+            server.stop()
 
 
 def send_sam_requests(encode_url: str, decode_url: str, out: Path, photos: dict[str, bytes], checkpoint: str | None) -> None:

@@ -20,7 +20,7 @@ import urllib3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from smvision.deploy.aws import describe_error, error_code
-from smvision.deploy.local_server import error_text
+from smvision.deploy.server_process import error_text
 from smvision.deploy.stats import percentile
 
 ERROR_CHARS = 300  # of an error message kept per status

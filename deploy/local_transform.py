@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from smvision.deploy import batching
 from smvision.deploy.aws import RETRIES, AwsError, bucket_problem, configured_region, describe_error, error_code
 from smvision.deploy.batching import MiniBatch, PayloadTooLarge
-from smvision.deploy.local_server import LocalServer, error_text
+from smvision.deploy.server_process import error_text, smvision_serve
 from smvision.deploy.progress import Report, progress_bar, report_to_stderr
 
 DEFAULT_MAX_PAYLOAD_MB = 6.0
@@ -569,7 +569,7 @@ def transform_with_local_server(
     env = options.server_env()
     if region:  # as SageMaker sets them in its containers
         env.update(AWS_REGION=region, AWS_DEFAULT_REGION=region)
-    server = LocalServer(model_dir, env=env, ready_timeout_s=ready_timeout_s)
+    server = smvision_serve(model_dir, env=env, ready_timeout_s=ready_timeout_s)
     report = plan.new_report()
     try:
         with server:

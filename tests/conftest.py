@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from support import LocalS3, Server, skimage_photo
+from smvision.deploy.server_process import smvision_serve
+from support import LocalS3, skimage_photo
 
 BUCKET = "smvision-photos"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
@@ -66,12 +67,9 @@ def d0_model_dir(d0_archive, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def d0_server(d0_model_dir, photos, tmp_path_factory):
     """`smvision serve` on the D0 archive, ready, reading photos from moto."""
-    server = Server(d0_model_dir, env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "6"}, log_path=tmp_path_factory.mktemp("serve") / "serve.log")
-    try:
-        server.wait_ready()
+    with smvision_serve(d0_model_dir, env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "6"},
+                        log_path=tmp_path_factory.mktemp("serve") / "serve.log", ready_timeout_s=120) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

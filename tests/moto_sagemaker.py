@@ -12,7 +12,6 @@ moto_server). Added, in the server process only:
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,25 +25,20 @@ def running(log_path: Path) -> Iterator[str]:
     """This server on a free port; while open, boto3 in this process sends every service
     (SageMaker, Application Auto Scaling, the runtime, S3) to it. Yields its URL."""
     import pytest
-    import requests
 
-    from support import free_port, stop, wait_for
+    from devtools.local_s3 import moto_ready
+    from smvision.deploy.server_process import ServerProcess, free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen([sys.executable, __file__, "-H", "127.0.0.1", "-p", str(port)],
-                                  stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: requests.get(url + "/moto-api/", timeout=2).ok, 30, "moto server", server)
-            with pytest.MonkeyPatch.context() as env:
-                for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ENDPOINT_URL_S3": url, **AWS_ENV}.items():
-                    env.setenv(name, value)
-                env.delenv("AWS_REGION", raising=False)
-                env.delenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", raising=False)
-                yield url
-        finally:
-            stop(server)
+    server = ServerProcess([sys.executable, __file__, "-H", "127.0.0.1", "-p", str(port)], url, name="moto server",
+                           log_path=log_path, ready=moto_ready, ready_timeout_s=30)
+    with server, pytest.MonkeyPatch.context() as env:
+        for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ENDPOINT_URL_S3": url, **AWS_ENV}.items():
+            env.setenv(name, value)
+        env.delenv("AWS_REGION", raising=False)
+        env.delenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", raising=False)
+        yield url
 
 
 def _patch_moto() -> None:

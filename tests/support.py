@@ -1,5 +1,6 @@
-"""Shared test plumbing: free ports, bounded waits, processes that always get stopped;
-comparing two servers' answers, and what a run wrote."""
+"""Shared test plumbing: comparing two servers' answers, what a run wrote, test-only HTTP
+stubs; and, from devtools and the package, the local S3, photos and free ports. Servers
+are started with smvision.deploy.server_process (ServerProcess, smvision_serve)."""
 
 from __future__ import annotations
 
@@ -10,41 +11,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import requests
-
-from smvision.deploy.local_s3 import BIN, LocalS3, free_port, skimage_photo, stop_process as stop
-from smvision.deploy.local_server import LocalServer
+from devtools.local_s3 import BIN, LocalS3, skimage_photo
+from smvision.deploy.server_process import free_port
 
 if TYPE_CHECKING:
-    from smvision.deploy.toolkit_harness import Call, Reply
+    from devtools.toolkit_harness import Call, Reply
+
+__all__ = ["BIN", "PYTHON", "LocalS3", "free_port", "skimage_photo", "spread_scores_d0", "compare_json",
+           "decode_reply", "NPY_FIELDS", "WriteWatch", "HttpStub"]
 
 PYTHON = sys.executable
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
-    """Poll check() until it is true; fail after timeout or if process exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {process.returncode}")
-        try:
-            if check():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{what}: not ready after {timeout} s")
-
-
-class Server(LocalServer):
-    """`smvision serve` on 127.0.0.1 (the product's LocalServer), started by wait_ready();
-    stop() returns its exit code."""
-
-    def wait_ready(self, timeout: float = 120) -> "Server":
-        self.ready_timeout_s = timeout
-        return self.__enter__()
 
 
 def spread_scores_d0():

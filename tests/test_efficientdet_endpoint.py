@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from conftest import BUCKET
-from support import Server
+from smvision.deploy.server_process import smvision_serve
 
 # A randomly initialised D0 starts as zylo117's training does (class prior 0.01), so it
 # scores every anchor at about 0.01: a threshold of 0.005 lets them all through to NMS.
@@ -108,9 +108,9 @@ def test_json_array_jsonlines_raw_and_base64_agree(d0_server, photos):
 
 def test_raw_image_bodies_use_the_default_thresholds_from_env(d0_model_dir, photos, tmp_path):
     env = {"DEFAULT_PRED_THRESHOLD": "0.005", "DEFAULT_IOU_THRESHOLD": "0.5"}
-    server = Server(d0_model_dir, env=env, log_path=tmp_path / "serve.log")
+    server = smvision_serve(d0_model_dir, env=env, log_path=tmp_path / "serve.log")
     try:
-        server.wait_ready()
+        server.start_and_wait()
         raw = invoke(server, photos["coffee.png"], "image/png")
         assert raw.status_code == 200, raw.text
         by_reference = invoke(server, {"bucket": BUCKET, "key": "coffee.png"}).json()

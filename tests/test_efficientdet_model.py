@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smvision.archive.efficientdet import random_state_dict
+from devtools.weights import random_state_dict
 from smvision.models.efficientdet import (
     Detections,
     EfficientDet,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from smvision.archive.efficientdet import random_state_dict, trained_like_efficientdet
+from devtools.weights import random_state_dict, trained_like_efficientdet
 from smvision.archive.efficientdet_onnx import export_efficientdet_onnx
 from smvision.manifest import ArchiveError, Manifest
 from smvision.models.efficientdet import (

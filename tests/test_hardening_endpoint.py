@@ -4,27 +4,23 @@ its 504, Server-Timing carries the kind's stages, max_detections caps the output
 from __future__ import annotations
 
 import re
-import time
 
 import requests
 
 from conftest import BUCKET
-from support import Server
+from smvision.deploy.server_process import smvision_serve
 
 
 def test_an_abandoned_request_stops_within_seconds_of_its_504(d0_model_dir, photos, tmp_path):
     env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "6", "SMVISION_MAX_RECORDS": "2000", "SMVISION_BATCH_SIZE": "2"}
-    server = Server(d0_model_dir, env=env, log_path=tmp_path / "serve.log")
+    server = smvision_serve(d0_model_dir, env=env, log_path=tmp_path / "serve.log")
     try:
-        server.wait_ready()
+        server.start_and_wait()
         lines = "\n".join(f"{BUCKET}/rocket.jpg" for _ in range(1000))  # minutes of work
         big = requests.post(server.url + "/invocations", data=lines, headers={"Content-Type": "text/csv"}, timeout=30)
         assert big.status_code == 504, big.text
-        answered = time.monotonic()
-        stopped = None
-        while stopped is None and time.monotonic() - answered < 30:
-            stopped = re.search(r"has stopped, ([0-9.]+) s past its deadline", server.log())
-            time.sleep(0.1)
+        stopped = server.wait_until(lambda: re.search(r"has stopped, ([0-9.]+) s past its deadline", server.log()),
+                                    30, "the abandoned request to stop")
         assert stopped, server.log()
         busy = float(stopped.group(1))
         print(f"the abandoned 1,000-line request held the worker {busy:.1f} s after its 504")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from support import Server
+from smvision.deploy.server_process import ServerProcess, smvision_serve
 
 MIB = 1024 * 1024
 NPZ = {"Content-Type": "application/x-npz"}
@@ -35,9 +35,9 @@ def reset_peak(pid: int) -> float:
     return memory_mb(pid, "VmRSS")
 
 
-def decode_server_of(model_dir: Path, log_path: Path) -> Server:
+def decode_server_of(model_dir: Path, log_path: Path) -> ServerProcess:
     """sam-decode served by one worker process (the server's own pid), SAM_MAX_POINTS set."""
-    return Server(model_dir, env={"SAM_MAX_POINTS": str(POINTS_CAP)}, log_path=log_path).wait_ready()
+    return smvision_serve(model_dir, env={"SAM_MAX_POINTS": str(POINTS_CAP)}, log_path=log_path).start_and_wait()
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def decode_server(sam_model_dir, tmp_path_factory):
         server.stop()
 
 
-def post(server: Server, timeout: float = 120, **kwargs) -> requests.Response:
+def post(server: ServerProcess, timeout: float = 120, **kwargs) -> requests.Response:
     return requests.post(server.url + "/invocations", timeout=timeout, **kwargs)
 
 

@@ -12,6 +12,7 @@ import time
 import pytest
 import requests
 
+from smvision.deploy.server_process import wait_until
 from test_server import Serve, assert_error, make_model_dir
 
 JSON_TYPE = {"Content-Type": "application/json"}
@@ -49,9 +50,7 @@ def test_a_stuck_worker_answers_ping_503_until_it_is_free(tmp_path):
             time.sleep(0.05)
         assert_error(server.get("/ping"), 503, "stuck", "SMVISION_STUCK_AFTER_S")
         assert_error(post_json(server, {}), 503, "stuck")  # at once, not after 1 s
-        deadline = time.monotonic() + 5
-        while server.get("/ping").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: server.get("/ping").status_code == 200, 5, "/ping to be 200 again")
         assert time.monotonic() - started > 3.5  # healthy again only once the sleep ended
         assert post_json(server, {}).json()["ok"]
     finally:
@@ -59,9 +58,7 @@ def test_a_stuck_worker_answers_ping_503_until_it_is_free(tmp_path):
 
 
 def wait_for_file(path, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(path.exists, timeout, f"{path} to appear", interval=0.02)
     assert path.exists(), f"{path} never appeared"
 
 
@@ -229,9 +226,7 @@ def test_no_model_path_in_error_bodies(tmp_path):
     server = Serve(model_dir, tmp_path, env={"CONTROL_MODEL_FN_FAIL": f"cannot read {model_dir}/weights.bin"})
     try:
         server.wait_listening()
-        deadline = time.monotonic() + 10
-        while "failed" not in server.get("/ping").text and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: "failed" in server.get("/ping").text, 10, "/ping to say the model failed", interval=0.05)
         for r in (server.get("/ping"), post_json(server, {})):
             body = assert_error(r, 503, "failed to load", "cannot read <model dir>/weights.bin")
             assert str(model_dir) not in body["error"] and str(tmp_path) not in body["error"]
@@ -303,9 +298,7 @@ def test_workers_take_traffic_only_once_loaded_at_start_and_after_a_restart(tmp_
         statuses, pids = hammer(3.0)
         assert set(statuses) == {200}, f"{statuses.count(503)} of {len(statuses)} got 503 after a restart"
         assert victim not in pids
-        deadline = time.monotonic() + 15
-        while server.log().count("model loaded") < 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: server.log().count("model loaded") >= 3, 15, "the restarted worker to load")
         statuses, pids = hammer(1.5)
         assert set(statuses) == {200} and len(pids) == 2 and victim not in pids  # back to two
     finally:

@@ -14,7 +14,7 @@ from smvision.container.handler import Handler
 from smvision.errors import InferenceError
 from smvision.images import decode_image
 from smvision.inflight import request_scope
-from support import Server
+from smvision.deploy.server_process import smvision_serve
 
 
 class CountingEncoder:
@@ -107,9 +107,9 @@ def test_a_bad_prompt_is_a_400_before_any_encoding(handler):
 
 
 def test_over_http_the_answer_and_server_timing_show_the_hit(sam_model_dir, photos, tmp_path):
-    server = Server(sam_model_dir("sam"), log_path=tmp_path / "serve.log")
+    server = smvision_serve(sam_model_dir("sam"), log_path=tmp_path / "serve.log")
     try:
-        server.wait_ready()
+        server.start_and_wait()
         body = {"bucket": BUCKET, "key": "coffee.png", "points": [[300, 200]], "labels": [1]}
         first = requests.post(server.url + "/invocations", json=body, timeout=60)
         second = requests.post(server.url + "/invocations", json={**body, "points": [[100, 100]]}, timeout=60)

@@ -18,18 +18,13 @@ import pytest
 import requests
 
 from smvision.container.settings import Settings, SettingsError
+from smvision.deploy.server_process import ServerProcess, free_port, smvision_serve, wait_until
 
 ENTRIES = Path(__file__).parent / "fixtures" / "server_entries"
 PYTHON = sys.executable
 
 
 # --------------------------------------------------------------------------- plumbing
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_model_dir(root: Path, entry: str, read_only: bool = True) -> Path:
@@ -53,22 +48,21 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-class Serve:
-    """`python -m smvision.container.serve` on 127.0.0.1, its stderr in a file."""
+class Serve(ServerProcess):
+    """`python -m smvision.container.serve [args]` on 127.0.0.1, started at once, its output
+    in log_dir; get() and post() send it requests."""
 
     def __init__(self, model_dir: Path, log_dir: Path, env: dict[str, str] | None = None,
                  args: list[str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"serve-{self.port}.log"
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
+        port = free_port()
+        super().__init__(
             [PYTHON, "-m", "smvision.container.serve", *(args or []),
-             "--model-dir", str(model_dir), "--port", str(self.port)],
+             "--model-dir", str(model_dir), "--port", str(port)],
+            f"http://127.0.0.1:{port}", name="serve",
             env={**os.environ, "SMVISION_BIND_HOST": "127.0.0.1", **(env or {})},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            log_path=log_dir / f"serve-{port}.log", ready_timeout_s=20, poll_s=0.05,
         )
+        self.start()
 
     def get(self, path: str, **kw) -> requests.Response:
         return requests.get(self.url + path, timeout=kw.pop("timeout", 10), **kw)
@@ -78,37 +72,7 @@ class Serve:
 
     def wait_listening(self, timeout: float = 20) -> requests.Response:
         """The first answer to /ping, whatever its status."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"serve exited:\n{self.log()}"
-            try:
-                return self.get("/ping", timeout=2)
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise TimeoutError(f"serve not listening after {timeout} s:\n{self.log()}")
-
-    def wait_ready(self, timeout: float = 20) -> Serve:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.wait_listening(timeout).status_code == 200:
-                return self
-            time.sleep(0.05)
-        raise TimeoutError(f"/ping not 200 after {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 15) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._log.close()
-        return self.process.returncode
+        return self.wait_until(lambda: [self.get("/ping", timeout=2)], timeout, "/ping to answer")[0]
 
 
 def assert_error(response: requests.Response, status: int, *words: str) -> dict:
@@ -355,12 +319,14 @@ def test_read_only_model_dir_is_never_written(echo, echo_dir, echo_before):
 
 def test_one_log_line_per_request(echo):
     def new_lines(before: int) -> list[str]:
-        deadline = time.monotonic() + 2  # the line is written as the answer is sent
-        while time.monotonic() < deadline:
+        def written() -> bool:
             lines = echo.log()[before:].splitlines()
-            if lines and lines[-1].endswith(" ms"):
-                return lines
-            time.sleep(0.02)
+            return bool(lines) and lines[-1].endswith(" ms")
+
+        try:  # the line is written as the answer is sent
+            wait_until(written, 2, "the request's log line", interval=0.02)
+        except TimeoutError:
+            pass  # the assertions say what was written
         return echo.log()[before:].splitlines()
 
     for method, path, status in (("GET", "/ping", 200), ("POST", "/invocations", 200),
@@ -446,11 +412,12 @@ def test_timeout_is_a_504_and_ping_stays_responsive(control):
     thread.join(10)
     assert_error(result["r"], 504, "1 s", "SAGEMAKER_MODEL_SERVER_TIMEOUT")
     assert 0.9 < time.monotonic() - started < 1.5
-    deadline = time.monotonic() + 5  # the handler thread frees up once the sleep ends
-    while time.monotonic() < deadline:
+    def answered() -> requests.Response | None:
         r = control.post(data=b"{}", headers={"Content-Type": "application/json"})
-        if r.status_code == 200:
-            break
+        return r if r.status_code == 200 else None
+
+    # the handler thread frees up once the sleep ends
+    r = wait_until(answered, 5, "the handler thread to be free", interval=0)
     assert r.status_code == 200 and r.json()["ok"]
 
 
@@ -504,19 +471,18 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(tmp_path):
 
         thread = threading.Thread(target=slow)
         thread.start()
-        deadline = time.monotonic() + 5
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(marker.exists, 5, f"{marker} to appear", interval=0.02)
         assert marker.exists()
         server.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 1.0  # stops accepting while the request runs
-        refused = False
-        while time.monotonic() < deadline and not refused:
+        def refuses() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
-                time.sleep(0.02)
+                return False
             except OSError:
-                refused = True
+                return True
+
+        # stops accepting while the request runs
+        refused = wait_until(refuses, 1.0, "serve to stop accepting connections", interval=0.02, ignore=())
         assert refused and thread.is_alive()
         thread.join(10)
         assert result["r"].status_code == 200 and result["r"].json() == {"slept": 1.5}
@@ -537,11 +503,9 @@ def test_several_workers_each_load_the_model(tmp_path):
 
 
 def test_local_server_with_workers_is_ready_once_every_worker_has_loaded(tmp_path):
-    from smvision.deploy.local_server import LocalServer
-
     # the first worker loads at once, the second 3 s later: /ping is 200 long before
     slow = {"ECHO_SLOW_LOADS": str(tmp_path / "first-load")}
-    with LocalServer(make_model_dir(tmp_path, "echo.py"), env=slow, ready_timeout_s=60, workers=2) as server:
+    with smvision_serve(make_model_dir(tmp_path, "echo.py"), env=slow, ready_timeout_s=60, workers=2) as server:
         assert server.loaded_workers() == 2
         pids = set()
         for _ in range(40):  # fresh connections: both workers take them
@@ -551,7 +515,7 @@ def test_local_server_with_workers_is_ready_once_every_worker_has_loaded(tmp_pat
                 break
         assert len(pids) == 2
     with pytest.raises(ValueError, match="SMVISION_LOG_LEVEL=warning"):
-        LocalServer(tmp_path, env={"SMVISION_LOG_LEVEL": "warning"}, workers=2)
+        smvision_serve(tmp_path, env={"SMVISION_LOG_LEVEL": "warning"}, workers=2)
 
 
 # --------------------------------------------------------------------------- the handler in-process

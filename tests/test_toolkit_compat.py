@@ -1,6 +1,6 @@
 """code/ unchanged under the real SageMaker PyTorch toolkit (TorchServe), natively.
 
-For every case in smvision.deploy.toolkit_harness.CASES: build the archive with its own command, serve it
+For every case in devtools.toolkit_harness.CASES: build the archive with its own command, serve it
 with `smvision serve` and with sagemaker-pytorch-inference 2.0.25 on TorchServe 0.12 (as
 the AWS PyTorch 2.6 inference image does), send both the same requests, and check that
 
@@ -12,7 +12,7 @@ the AWS PyTorch 2.6 inference image does), send both the same requests, and chec
 - both servers stop on SIGTERM with no process left behind.
 
 Select with `-m toolkit`. The toolkit lives in its own venv, built (or reused) by
-tests/toolkit/setup_toolkit_venv.sh; these tests skip, saying why, only if it cannot be
+devtools/toolkit/setup_toolkit_venv.sh; these tests skip, saying why, only if it cannot be
 built here.
 """
 
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from smvision.deploy import toolkit_harness as h
-from smvision.deploy.local_s3 import S3_ENV, LocalS3
+from devtools import toolkit_harness as h
+from devtools.local_s3 import S3_ENV, LocalS3
 from support import WriteWatch, compare_json, decode_reply
 
 pytestmark = pytest.mark.toolkit
@@ -80,17 +80,17 @@ def _serve_both(case: h.Case, venv: Path, root: Path, bucket: str) -> Run:
     probe = case.calls[0]
     with h.ToolkitLock():
         servers = {
-            "ours": h.OurServer(ours_model, ours_dir, env),
-            "toolkit": h.ToolkitServer(venv, theirs_model, theirs_dir, env),
+            "ours": h.our_server(ours_model, ours_dir, env, probe, bucket, case.startup_timeout).start(),
+            "toolkit": h.toolkit_server(venv, theirs_model, theirs_dir, env, probe, bucket, case.startup_timeout).start(),
         }
         try:
             with ThreadPoolExecutor(2) as pool:
-                futures = {k: pool.submit(s.wait_ready, probe, bucket, case.startup_timeout) for k, s in servers.items()}
+                futures = {k: pool.submit(s.wait_ready) for k, s in servers.items()}
                 for key, future in futures.items():
-                    run.ready[key] = future.result()
+                    run.ready[key] = future.result().ready_after
             for call in case.calls:
-                run.ours[call.name] = servers["ours"].invoke(call, bucket)
-                run.theirs[call.name] = servers["toolkit"].invoke(call, bucket)
+                run.ours[call.name] = h.invoke(servers["ours"], call, bucket)
+                run.theirs[call.name] = h.invoke(servers["toolkit"], call, bucket)
         finally:
             for key, server in servers.items():
                 server.stop()

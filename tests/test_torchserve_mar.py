@@ -1,9 +1,9 @@
 """`smvision archive mar`: the SAM .mar files served by TorchServe itself, natively.
 
 Builds sam_vit_tiny_test_decode.mar and sam_vit_tiny_test_encode.mar with the CLI, starts
-one TorchServe 0.12 (from the toolkit test venv, tests/toolkit/setup_toolkit_venv.sh)
+one TorchServe 0.12 (from the toolkit test venv, devtools/toolkit/setup_toolkit_venv.sh)
 with both registered at start, and `smvision serve` on each .mar's extracted contents;
-then sends both the same requests (smvision.deploy.toolkit_harness's SAM_DECODE and SAM_ENCODE calls)
+then sends both the same requests (devtools.toolkit_harness's SAM_DECODE and SAM_ENCODE calls)
 and checks that answers, statuses (a bad prompt is a 400) and error bodies are the same.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from smvision.deploy import toolkit_harness as h
-from smvision.deploy.local_s3 import S3_ENV, LocalS3
-from smvision.deploy.toolkit_harness import MODEL_TYPE, TorchServe, build_mar
+from devtools import toolkit_harness as h
+from devtools.local_s3 import S3_ENV, LocalS3
+from devtools.toolkit_harness import MODEL_TYPE, build_mar
 from support import compare_json, decode_reply
 
 pytestmark = pytest.mark.toolkit
@@ -63,16 +63,17 @@ def served() -> Served:
                 with zipfile.ZipFile(mar) as archive:
                     result.members[kind] = archive.namelist()
                     archive.extractall(model_dir)
-                ours[kind] = h.OurServer(model_dir, root / kind, {**env, "SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
+                ours[kind] = h.our_server(model_dir, root / kind, {**env, "SAGEMAKER_MODEL_SERVER_WORKERS": "1"},
+                                          KINDS[kind].calls[0], h.BUCKET, 240).start()
             with h.ToolkitLock():
-                torchserve = TorchServe(venv, store, root / "torchserve", env)
+                torchserve = h.torchserve(venv, store, root / "torchserve", env).start()
                 try:
                     for kind, case in KINDS.items():
                         name = result.mars[kind].stem
-                        ours[kind].wait_ready(case.calls[0], h.BUCKET, 240)
-                        torchserve.wait_model(name, case.calls[0], h.BUCKET, 240)
-                        result.ours[kind] = {c.name: ours[kind].invoke(c, h.BUCKET) for c in case.calls}
-                        result.theirs[kind] = {c.name: torchserve.predict(name, c, h.BUCKET) for c in case.calls}
+                        ours[kind].wait_ready()
+                        h.wait_model(torchserve, name, case.calls[0], h.BUCKET, 240)
+                        result.ours[kind] = {c.name: h.invoke(ours[kind], c, h.BUCKET) for c in case.calls}
+                        result.theirs[kind] = {c.name: h.predict(torchserve, name, c, h.BUCKET) for c in case.calls}
                 finally:
                     torchserve.stop()
                     result.leftover = torchserve.pids()

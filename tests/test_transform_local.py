@@ -1,6 +1,6 @@
 """`smvision transform --local`: SageMaker batch transform semantics against one D0 server.
 
-One server for the whole module (started by the product's LocalServer, as `--local
+One server for the whole module (started by the product's smvision_serve, as `--local
 --model-dir` does), with the batch variables SageMaker sets; each case reads a
 different input prefix of real photos in moto S3.
 """
@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import boto3
 import pytest
@@ -22,7 +21,7 @@ import urllib3
 from conftest import BUCKET
 from smvision.cli import main
 from support import BIN, HttpStub
-from smvision.deploy.local_server import LocalServer
+from smvision.deploy.server_process import smvision_serve, wait_until
 from smvision.deploy.local_transform import TransformOptions, run_local_transform
 
 DATA = "smvision-batch"
@@ -68,7 +67,7 @@ def s3(photos):
 @pytest.fixture(scope="module")
 def server(d0_model_dir, s3):
     options = TransformOptions(batch_strategy="MultiRecord", max_concurrent_transforms=2, max_payload_mb=6)
-    with LocalServer(d0_model_dir, env=options.server_env(), ready_timeout_s=180) as running:
+    with smvision_serve(d0_model_dir, env=options.server_env(), ready_timeout_s=180) as running:
         yield running.url
 
 
@@ -301,11 +300,11 @@ def test_ctrl_c_reports_every_input_and_exits_130(d0_model_dir, s3, to_group, tm
     # a terminal's Ctrl-C signals its whole foreground process group: the CLI and the server it started
     cli = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while keys(s3, out) != [out + "a.csv.out"]:
+        def first_written() -> bool:
             assert cli.poll() is None, cli.communicate()
-            assert time.monotonic() < deadline, "a.csv.out never written"
-            time.sleep(0.05)
+            return keys(s3, out) == [out + "a.csv.out"]
+
+        wait_until(first_written, 300, "a.csv.out to be written", interval=0.05)
         if to_group:
             os.killpg(cli.pid, signal.SIGINT)
         else:
@@ -325,11 +324,11 @@ def test_ctrl_c_reports_every_input_and_exits_130(d0_model_dir, s3, to_group, tm
     assert re.search(r"smvision: interrupted: 2 input\(s\) without \.out", stderr), stderr
     assert keys(s3, out) == [out + "a.csv.out"]
     # nothing the command started is left running (the server was stopped, not orphaned)
-    deadline = time.monotonic() + 10
-    while True:
+    def group_gone() -> bool:
         try:
             os.killpg(cli.pid, 0)
+            return False
         except ProcessLookupError:
-            break
-        assert time.monotonic() < deadline, "the local server outlived the command"
-        time.sleep(0.1)
+            return True
+
+    wait_until(group_gone, 10, "the local server to end with the command (it outlived it)", ignore=())

@@ -2,11 +2,11 @@
 TorchServe itself), natively, side by side: the harness of tests/test_toolkit_compat.py,
 tests/test_torchserve_mar.py, benchmarks/toolkit_vs_ours.py and benchmarks/torchserve_mar.py.
 A development tool: it needs a checkout of the repository (the toolkit venv's setup
-script and launcher are tests/toolkit/), Java 11+, and no pytest.
+script and launcher are devtools/toolkit/), Java 11+, and no pytest.
 
 The toolkit side is what `serve` does in the AWS PyTorch 2.6 inference image
 (sagemaker-pytorch-inference 2.0.25 on TorchServe 0.12), run without Docker from a
-separate venv (tests/toolkit/setup_toolkit_venv.sh) through tests/toolkit/launch_toolkit.py:
+separate venv (devtools/toolkit/setup_toolkit_venv.sh) through devtools/toolkit/launch_toolkit.py:
 
 - the archive is extracted to <tmp>/base/model and SAGEMAKER_BASE_DIR=<tmp>/base;
 - the TorchServe config goes to a temp path (module constant torchserve.TS_CONFIG_FILE,
@@ -20,9 +20,10 @@ separate venv (tests/toolkit/setup_toolkit_venv.sh) through tests/toolkit/launch
   TorchServe 127.0.0.1:8082/7070/7071, which collide between two instances);
 - the launcher runs in its own session: TorchServe's java frontend is re-parented to
   init when `torchserve --start` returns, so the whole server is "every process of that
-  session", which is what stop() kills and rss() sums.
+  session", which is what its ServerProcess's stop() ends and rss() sums.
 
-A server is ready when a known-good POST /invocations answers 200, not when /ping does:
+Every server is a smvision.deploy.server_process.ServerProcess. One of our server or the
+toolkit is ready when a known-good POST /invocations answers 200, not when /ping does:
 TorchServe answers /ping 200 while its worker is still crash-looping.
 
 To cover a new archive kind, add one Case to CASES: the command that builds its archive
@@ -36,7 +37,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -48,12 +48,13 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
-from smvision.deploy.local_s3 import free_port, skimage_photo
+from devtools.local_s3 import skimage_photo
+from smvision.deploy.server_process import ServerProcess, free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
-TOOLKIT_DIR = REPO / "tests" / "toolkit"
+TOOLKIT_DIR = Path(__file__).resolve().parent / "toolkit"
 SETUP_SCRIPT = TOOLKIT_DIR / "setup_toolkit_venv.sh"
 LAUNCHER = TOOLKIT_DIR / "launch_toolkit.py"
 PROJECT_BIN = Path(sys.executable).parent
@@ -81,7 +82,7 @@ def ensure_toolkit_venv(project_python: str | None = None, timeout: float = 1800
     project_python = project_python or os.environ.get("SMVISION_TOOLKIT_BASE_PYTHON") or sys.executable
     if not SETUP_SCRIPT.is_file():
         raise ToolkitUnavailable(f"{SETUP_SCRIPT} not found: the harness runs from a checkout of the repository "
-                                 "(pip install -e .)")
+                                 "(make install)")
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise ToolkitUnavailable("TorchServe needs Java 11+ (java on PATH or JAVA_HOME); none found")
     if shutil.which("bash") is None or shutil.which("flock") is None:
@@ -393,23 +394,7 @@ def make_writable(root: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Processes: one session per server
-
-
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        # fields: state ppid pgrp session ...
-        if int(fields[3]) == sid and fields[0] != b"Z":
-            pids.append(int(entry))
-    return pids
+# Servers: one session each
 
 
 def _rss_bytes(pid: int) -> int:
@@ -488,105 +473,27 @@ def post_expect_continue(url: str, body: bytes, headers: Mapping[str, str], time
         return Reply(response.status, data, response.getheader("Content-Type", ""), time.perf_counter() - start)
 
 
-class ServerProcess:
-    """A server started in its own session, logging to a file; stop() kills the session."""
+def invoke(server: ServerProcess, call: Call, bucket: str, timeout: float = 120) -> Reply:
+    """POST /invocations of `call` to the server (bodies over 1 MiB with Expect: 100-continue)."""
+    body = call.render(bucket)
+    if len(body) > 2**20:
+        return post_expect_continue(server.url + "/invocations", body, call.headers(), timeout)
+    return post(server.url + "/invocations", body, call.headers(), timeout)
 
-    label = "server"
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.sid = self.process.pid
-        self.ready_after: float | None = None
+def answers(probe: Call, bucket: str) -> Callable[[ServerProcess], bool]:
+    """A readiness check: `probe` gets a 200 (a good answer, not just /ping)."""
+    return lambda server: invoke(server, probe, bucket, timeout=60).status == 200
 
-    def invoke(self, call: Call, bucket: str, timeout: float = 120) -> Reply:
-        body = call.render(bucket)
-        if len(body) > 2**20:
-            return post_expect_continue(self.url + "/invocations", body, call.headers(), timeout)
-        return post(self.url + "/invocations", body, call.headers(), timeout)
 
-    def wait_ready(self, probe: Call, bucket: str, timeout: float) -> float:
-        """Seconds from start until `probe` answers 200 (a good answer, not /ping)."""
-        deadline = self.started + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None and not _session_pids(self.sid):
-                raise RuntimeError(f"{self.label} exited ({self.process.returncode}) before answering:\n{self.log_tail()}")
-            try:
-                reply = self.invoke(probe, bucket, timeout=max(1.0, min(60.0, deadline - time.monotonic())))
-                if reply.status == 200:
-                    self.ready_after = time.monotonic() - self.started
-                    return self.ready_after
-                last = f"{reply.status} {reply.body[:300]!r}"
-            except OSError as exc:  # refused, reset, timeout
-                last = repr(exc)
-            time.sleep(0.25)
-        raise TimeoutError(f"{self.label}: no good answer after {timeout:.0f} s (last: {last}):\n{self.log_tail()}")
+def rss(server: ServerProcess) -> int:
+    """Resident memory of every process of the server (its session), in bytes."""
+    return sum(_rss_bytes(pid) for pid in server.pids())
 
-    def pids(self) -> list[int]:
-        return _session_pids(self.sid)
 
-    def rss(self) -> int:
-        """Resident memory of every process of the server (its session), in bytes."""
-        return sum(_rss_bytes(pid) for pid in self.pids())
-
-    def uss(self) -> int:
-        """Private memory (USS) of every process of the server, in bytes."""
-        return sum(_uss_bytes(pid) for pid in self.pids())
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, grace: float = 30) -> None:
-        """SIGTERM the session, then SIGKILL whatever is left after `grace` seconds."""
-        try:
-            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
-                pids = self.pids()
-                if not pids and self.process.poll() is not None:
-                    break
-                try:
-                    os.killpg(self.sid, sig)
-                except ProcessLookupError:
-                    pass
-                for pid in pids:  # members that left the process group, if any
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-                deadline = time.monotonic() + wait
-                while time.monotonic() < deadline:
-                    self.process.poll()
-                    if not self.pids():
-                        break
-                    time.sleep(0.1)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        finally:
-            self._log.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+def uss(server: ServerProcess) -> int:
+    """Private memory (USS) of every process of the server, in bytes."""
+    return sum(_uss_bytes(pid) for pid in server.pids())
 
 
 def _base_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -604,68 +511,68 @@ def _base_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-class OurServer(ServerProcess):
-    """`smvision serve --model-dir DIR --port N` from the project environment."""
+def our_server(model_dir: Path, workdir: Path, env: Mapping[str, str], probe: Call, bucket: str,
+               timeout: float = 240, port: int | None = None) -> ServerProcess:
+    """`smvision serve --model-dir DIR --port N` from the project environment, in a session
+    of its own; ready once `probe` answers 200 (not started yet)."""
+    port = port or free_port()
+    tmp = workdir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    full_env = _base_env(
+        {"PATH": f"{PROJECT_BIN}:/usr/local/bin:/usr/bin:/bin", "TMPDIR": str(tmp), "TEMP": str(tmp), **env}
+    )
+    argv = [PROJECT_BIN / "smvision", "serve", "--model-dir", str(model_dir), "--port", str(port)]
+    return ServerProcess(argv, f"http://127.0.0.1:{port}", name="smvision serve", env=full_env, cwd=workdir,
+                         log_path=workdir / "serve.log", ready=answers(probe, bucket), ready_timeout_s=timeout,
+                         poll_s=0.25, new_session=True)
 
-    label = "smvision serve"
 
-    def __init__(self, model_dir: Path, workdir: Path, env: Mapping[str, str], port: int | None = None) -> None:
-        port = port or free_port()
-        tmp = workdir / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        full_env = _base_env(
-            {"PATH": f"{PROJECT_BIN}:/usr/local/bin:/usr/bin:/bin", "TMPDIR": str(tmp), "TEMP": str(tmp), **env}
-        )
-        argv = [str(PROJECT_BIN / "smvision"), "serve", "--model-dir", str(model_dir), "--port", str(port)]
-        super().__init__(argv, full_env, workdir, workdir / "serve.log", port)
-
-
-class ToolkitServer(ServerProcess):
-    """sagemaker_pytorch_serving_container.serving.main() on TorchServe, from the toolkit venv.
+def toolkit_server(venv: Path, model_dir: Path, workdir: Path, env: Mapping[str, str], probe: Call, bucket: str,
+                   timeout: float = 240, port: int | None = None) -> ServerProcess:
+    """sagemaker_pytorch_serving_container.serving.main() on TorchServe, from the toolkit
+    venv, in a session of its own; ready once `probe` answers 200 (not started yet).
 
     model_dir must be <base>/model: the toolkit derives it from SAGEMAKER_BASE_DIR.
     """
-
-    label = "toolkit (TorchServe)"
-
-    def __init__(self, venv: Path, model_dir: Path, workdir: Path, env: Mapping[str, str], port: int | None = None) -> None:
-        if model_dir.name != "model":
-            raise ValueError("the toolkit reads the model from $SAGEMAKER_BASE_DIR/model")
-        others = other_torchserve_pids()
-        if others:
-            raise RuntimeError(
-                f"TorchServe already runs here (pids {others}); the toolkit refuses a second one "
-                "('multiple ts model servers are not supported'): stop it first"
-            )
-        port = port or free_port()
-        tmp, cwd = workdir / "tmp", workdir / "cwd"
-        tmp.mkdir(parents=True, exist_ok=True)
-        cwd.mkdir(parents=True, exist_ok=True)
-        loopback = "http://127.0.0.1"
-        full_env = _base_env(
-            {
-                "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-                "VIRTUAL_ENV": str(venv),
-                "SAGEMAKER_BASE_DIR": str(model_dir.parent),
-                "SAGEMAKER_BIND_TO_PORT": str(port),
-                "SMVISION_TS_CONFIG_FILE": str(tmp / "sagemaker-ts.properties"),
-                "TEMP": str(tmp),
-                "TMPDIR": str(tmp),
-                "LOG_LOCATION": str(cwd / "logs"),
-                "METRICS_LOCATION": str(cwd / "logs"),
-                "PIP_CACHE_DIR": str(tmp / "pip-cache"),
-                "TS_INFERENCE_ADDRESS": f"{loopback}:{port}",
-                "TS_MANAGEMENT_ADDRESS": f"{loopback}:{port}",
-                "TS_METRICS_ADDRESS": f"{loopback}:{free_port()}",
-                "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1",
-                "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1",
-                "TS_GRPC_INFERENCE_PORT": str(free_port()),
-                "TS_GRPC_MANAGEMENT_PORT": str(free_port()),
-                **env,
-            }
+    if model_dir.name != "model":
+        raise ValueError("the toolkit reads the model from $SAGEMAKER_BASE_DIR/model")
+    others = other_torchserve_pids()
+    if others:
+        raise RuntimeError(
+            f"TorchServe already runs here (pids {others}); the toolkit refuses a second one "
+            "('multiple ts model servers are not supported'): stop it first"
         )
-        argv = [str(venv / "bin" / "python"), str(LAUNCHER)]
-        super().__init__(argv, full_env, cwd, workdir / "toolkit.log", port)
+    port = port or free_port()
+    tmp, cwd = workdir / "tmp", workdir / "cwd"
+    tmp.mkdir(parents=True, exist_ok=True)
+    cwd.mkdir(parents=True, exist_ok=True)
+    loopback = "http://127.0.0.1"
+    full_env = _base_env(
+        {
+            "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+            "VIRTUAL_ENV": str(venv),
+            "SAGEMAKER_BASE_DIR": str(model_dir.parent),
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+            "SMVISION_TS_CONFIG_FILE": str(tmp / "sagemaker-ts.properties"),
+            "TEMP": str(tmp),
+            "TMPDIR": str(tmp),
+            "LOG_LOCATION": str(cwd / "logs"),
+            "METRICS_LOCATION": str(cwd / "logs"),
+            "PIP_CACHE_DIR": str(tmp / "pip-cache"),
+            "TS_INFERENCE_ADDRESS": f"{loopback}:{port}",
+            "TS_MANAGEMENT_ADDRESS": f"{loopback}:{port}",
+            "TS_METRICS_ADDRESS": f"{loopback}:{free_port()}",
+            "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1",
+            "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1",
+            "TS_GRPC_INFERENCE_PORT": str(free_port()),
+            "TS_GRPC_MANAGEMENT_PORT": str(free_port()),
+            **env,
+        }
+    )
+    argv = [venv / "bin" / "python", LAUNCHER]
+    return ServerProcess(argv, f"http://127.0.0.1:{port}", name="toolkit (TorchServe)", env=full_env, cwd=cwd,
+                         log_path=workdir / "toolkit.log", ready=answers(probe, bucket), ready_timeout_s=timeout,
+                         poll_s=0.25, new_session=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -675,6 +582,8 @@ class ToolkitServer(ServerProcess):
 
 
 class ToolkitLock:
+    """An exclusive lock on a file in the temp folder, held for a with block."""
+
     def __init__(self, timeout: float = 900) -> None:
         self.path = Path(tempfile.gettempdir()) / "smvision-toolkit-server.lock"
         self.timeout = timeout
@@ -682,15 +591,18 @@ class ToolkitLock:
 
     def __enter__(self) -> "ToolkitLock":
         self._file = open(self.path, "a")
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"another toolkit server held {self.path} for {self.timeout:.0f} s")
-                time.sleep(0.5)
+
+        def locked() -> bool:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while another holds it
+            return True
+
+        try:
+            wait_until(locked, self.timeout, f"{self.path}, held by another toolkit server", interval=0.5,
+                       ignore=(BlockingIOError,))
+        except BaseException:
+            self._file.close()
+            raise
+        return self
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
@@ -725,74 +637,64 @@ def build_mar(kind: str, output: Path, *extra: str) -> subprocess.CompletedProce
     return subprocess.run(argv, capture_output=True, text=True, timeout=600)
 
 
-class TorchServe(ServerProcess):
-    """`torchserve --foreground` with the .mar files of model_store loaded at start,
-    every listener on 127.0.0.1, its temp files, logs and config under workdir."""
+def torchserve(
+    venv: Path, model_store: Path, workdir: Path, env: dict[str, str], settings: dict[str, str] | None = None
+) -> ServerProcess:
+    """`torchserve --foreground` with the .mar files of model_store loaded at start, every
+    listener on 127.0.0.1, its temp files, logs and config under workdir, in a session of
+    its own (not started yet). Ready when it listens; each model with wait_model().
 
-    label = "torchserve"
-
-    def __init__(
-        self, venv: Path, model_store: Path, workdir: Path, env: dict[str, str], settings: dict[str, str] | None = None
-    ) -> None:
-        """settings: more config.properties lines (e.g. {"decode_input_request": "false"})."""
-        others = other_torchserve_pids()
-        if others:
-            raise RuntimeError(f"TorchServe already runs here (pids {others})")
-        port = free_port()
-        tmp, cwd = workdir / "tmp", workdir / "cwd"
-        tmp.mkdir(parents=True)
-        cwd.mkdir(parents=True)
-        config = workdir / "config.properties"
-        config.write_text(
-            "\n".join(
-                [
-                    f"inference_address=http://127.0.0.1:{port}",
-                    f"management_address=http://127.0.0.1:{free_port()}",
-                    f"metrics_address=http://127.0.0.1:{free_port()}",
-                    "grpc_inference_address=127.0.0.1",
-                    "grpc_management_address=127.0.0.1",
-                    f"grpc_inference_port={free_port()}",
-                    f"grpc_management_port={free_port()}",
-                    f"model_store={model_store}",
-                    "load_models=" + ",".join(sorted(p.name for p in model_store.glob("*.mar"))),
-                    "default_workers_per_model=1",
-                    "disable_token_authorization=true",
-                    "disable_system_metrics=true",
-                    *(f"{key}={value}" for key, value in (settings or {}).items()),
-                    "",
-                ]
-            )
+    settings: more config.properties lines (e.g. {"decode_input_request": "false"}).
+    """
+    others = other_torchserve_pids()
+    if others:
+        raise RuntimeError(f"TorchServe already runs here (pids {others})")
+    port = free_port()
+    tmp, cwd = workdir / "tmp", workdir / "cwd"
+    tmp.mkdir(parents=True)
+    cwd.mkdir(parents=True)
+    config = workdir / "config.properties"
+    config.write_text(
+        "\n".join(
+            [
+                f"inference_address=http://127.0.0.1:{port}",
+                f"management_address=http://127.0.0.1:{free_port()}",
+                f"metrics_address=http://127.0.0.1:{free_port()}",
+                "grpc_inference_address=127.0.0.1",
+                "grpc_management_address=127.0.0.1",
+                f"grpc_inference_port={free_port()}",
+                f"grpc_management_port={free_port()}",
+                f"model_store={model_store}",
+                "load_models=" + ",".join(sorted(p.name for p in model_store.glob("*.mar"))),
+                "default_workers_per_model=1",
+                "disable_token_authorization=true",
+                "disable_system_metrics=true",
+                *(f"{key}={value}" for key, value in (settings or {}).items()),
+                "",
+            ]
         )
-        full_env = _base_env(
-            {
-                "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-                "VIRTUAL_ENV": str(venv),
-                "TEMP": str(tmp),
-                "TMPDIR": str(tmp),
-                "LOG_LOCATION": str(cwd / "logs"),
-                "METRICS_LOCATION": str(cwd / "logs"),
-                **env,
-            }
-        )
-        argv = [str(venv / "bin" / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config)]
-        super().__init__(argv, full_env, cwd, workdir / "torchserve.log", port)
+    )
+    full_env = _base_env(
+        {
+            "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+            "VIRTUAL_ENV": str(venv),
+            "TEMP": str(tmp),
+            "TMPDIR": str(tmp),
+            "LOG_LOCATION": str(cwd / "logs"),
+            "METRICS_LOCATION": str(cwd / "logs"),
+            **env,
+        }
+    )
+    argv = [venv / "bin" / "torchserve", "--start", "--foreground", "--ncs", "--ts-config", config]
+    return ServerProcess(argv, f"http://127.0.0.1:{port}", name="torchserve", env=full_env, cwd=cwd,
+                         log_path=workdir / "torchserve.log", poll_s=0.5, new_session=True)
 
-    def predict(self, name: str, call: Call, bucket: str) -> Reply:
-        return post(f"{self.url}/predictions/{name}", call.render(bucket), call.headers())
 
-    def wait_model(self, name: str, probe: Call, bucket: str, timeout: float) -> None:
-        """Until the model answers the probe with 200 (TorchServe is up and its worker loaded)."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"torchserve exited ({self.process.returncode}):\n{self.log_tail()}")
-            try:
-                reply = self.predict(name, probe, bucket)
-                if reply.status == 200:
-                    return
-                last = f"{reply.status} {reply.body[:300]!r}"
-            except OSError as exc:
-                last = repr(exc)
-            time.sleep(0.5)
-        raise TimeoutError(f"{name}: no good answer after {timeout:.0f} s (last: {last}):\n{self.log_tail()}")
+def predict(server: ServerProcess, name: str, call: Call, bucket: str) -> Reply:
+    """POST /predictions/NAME of `call` to TorchServe."""
+    return post(f"{server.url}/predictions/{name}", call.render(bucket), call.headers())
+
+
+def wait_model(server: ServerProcess, name: str, probe: Call, bucket: str, timeout: float) -> None:
+    """Until TorchServe's model `name` answers the probe with 200 (its worker loaded)."""
+    server.wait_until(lambda: predict(server, name, probe, bucket).status == 200, timeout, f"{name} to answer 200")

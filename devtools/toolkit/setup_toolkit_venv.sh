@@ -3,7 +3,7 @@
 # SageMaker PyTorch inference toolkit (sagemaker-pytorch-inference 2.0.25 on TorchServe
 # 0.12), natively, without Docker.
 #
-# Usage: tests/toolkit/setup_toolkit_venv.sh [PROJECT_PYTHON]
+# Usage: devtools/toolkit/setup_toolkit_venv.sh [PROJECT_PYTHON]
 #   PROJECT_PYTHON  the interpreter of the project's environment (default: python3 on
 #                   PATH); the toolkit venv is made from the same base interpreter and
 #                   borrows that environment's torch, torchvision, numpy, pillow and boto3

@@ -1,19 +1,19 @@
 """A local S3 for the demo, the benchmarks and the tests: moto's standalone server on
-127.0.0.1, reached through boto3 with AWS_ENDPOINT_URL_S3 exactly as MinIO would be."""
+127.0.0.1, reached through boto3 with AWS_ENDPOINT_URL_S3 exactly as MinIO would be;
+and the real photos they put there (scikit-image's)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from smvision.deploy.processes import free_port, stop_process
+from smvision.deploy.server_process import ServerProcess, free_port, http_get
 
+#: the bin folder of this interpreter's venv: the smvision, serve and moto_server scripts
 BIN = Path(sys.executable).parent
-__all__ = ["BIN", "S3_ENV", "LocalS3", "free_port", "skimage_photo", "stop_process"]
+__all__ = ["BIN", "S3_ENV", "LocalS3", "skimage_photo"]
 S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
@@ -23,6 +23,11 @@ def skimage_photo(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("scikit-image is not installed: pip install -r requirements-test.txt")
     return Path(spec.submodule_search_locations[0]) / "data" / name
+
+
+def moto_ready(server: ServerProcess) -> bool:
+    """moto's server answers its own API."""
+    return http_get(server.url + "/moto-api/")[0] == 200
 
 
 class LocalS3:
@@ -38,34 +43,19 @@ class LocalS3:
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
-        self._log_path = log_path
+        self.server = ServerProcess([BIN / "moto_server", "-H", "127.0.0.1", "-p", str(self.port)], self.url,
+                                    name="the local S3 (moto server)", log_path=log_path, ready=moto_ready,
+                                    ready_timeout_s=30)
         self._saved: dict[str, str | None] = {}
-        self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "LocalS3":
-        import urllib.request
-
-        log = open(self._log_path, "wb") if self._log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/moto-api/", timeout=2).close()
-                break
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    stop_process(self.process)
-                    raise RuntimeError("the local S3 (moto server) did not start") from None
-                time.sleep(0.1)
+        self.server.start_and_wait()
         self._saved = {key: os.environ.get(key) for key in S3_ENV}
         os.environ.update(self.env)
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.process is not None:
-            stop_process(self.process)
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
         for key, value in self._saved.items():
             if value is None:
                 os.environ.pop(key, None)
