@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                 servers = {}
                 try:
                     # one after the other, each starting alone
-                    servers["ours"] = h.our_server(model_dir, root / "ours", {**env, "SAGEMAKER_MODEL_SERVER_WORKERS": "1"},
-                                                   call, h.BUCKET, 240).start()
+                    ours_env = {**env, "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+                    servers["ours"] = h.our_server(model_dir, root / "ours", ours_env, call, h.BUCKET, 240).start()
                     startup = {"ours": servers["ours"].wait_ready().ready_after}
                     servers["torchserve"] = h.torchserve(venv, store, root / "torchserve", env, settings).start()
                     h.wait_model(servers["torchserve"], mar.stem, call, h.BUCKET, 240)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -170,7 +171,8 @@ class ServerProcess:
         if self.process is not None:
             raise RuntimeError(f"{self.name} was started already")
         if self._temporary_log:
-            self._log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log", delete=False)
+            prefix = re.sub(r"[^A-Za-z0-9]+", "-", self.name).strip("-")
+            self._log = tempfile.NamedTemporaryFile(prefix=f"{prefix}-", suffix=".log", delete=False)
             self.log_path = Path(self._log.name)
         else:
             self._log = open(self.log_path, "wb")
@@ -188,10 +190,12 @@ class ServerProcess:
     def wait_until(self, check: Callable[[], T], timeout: float, what: str) -> T:
         """wait_until(check) while the server runs: ServerError with the log's tail if it
         exits first or the time runs out."""
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was not started")
+
         def alive_and_check() -> T:
             if not self.running():
-                code = self.process.returncode if self.process is not None else None
-                raise ServerError(f"{self.name} exited with {code}:\n{self.log_tail()}")
+                raise ServerError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             return check()
 
         try:

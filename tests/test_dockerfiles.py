@@ -216,7 +216,8 @@ def test_copies_every_source_folder_the_package_maps(stages):
     for copy in stages[0].all("COPY"):
         words = [w for w in copy.args.split() if not w.startswith("--")]
         copied.update(w.rstrip("/") for w in words[:-1])
-    mapped = {line.split("=")[1].strip().rstrip("/") for line in _setup_cfg()["options"]["package_dir"].strip().splitlines()}
+    package_dir = _setup_cfg()["options"]["package_dir"].strip().splitlines()
+    mapped = {line.split("=")[1].strip().rstrip("/") for line in package_dir}
     needed = mapped | {"pyproject.toml", "setup.cfg", "README.md"}
     assert needed <= copied, f"not copied: {sorted(needed - copied)}"
     # only what `pip install .` reads (and requirements.txt): no tests, devtools, entry script

@@ -79,9 +79,10 @@ def _serve_both(case: h.Case, venv: Path, root: Path, bucket: str) -> Run:
     watch.start()
     probe = case.calls[0]
     with h.ToolkitLock():
+        timeout = case.startup_timeout
         servers = {
-            "ours": h.our_server(ours_model, ours_dir, env, probe, bucket, case.startup_timeout).start(),
-            "toolkit": h.toolkit_server(venv, theirs_model, theirs_dir, env, probe, bucket, case.startup_timeout).start(),
+            "ours": h.our_server(ours_model, ours_dir, env, probe, bucket, timeout).start(),
+            "toolkit": h.toolkit_server(venv, theirs_model, theirs_dir, env, probe, bucket, timeout).start(),
         }
         try:
             with ThreadPoolExecutor(2) as pool:

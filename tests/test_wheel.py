@@ -67,7 +67,8 @@ def build_wheel(repo: Path, workdir: Path) -> Path:
             shutil.copy2(source, target)
     out = workdir / "dist"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), "."],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "-w", str(out), "."],
         cwd=src, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )
@@ -139,7 +140,8 @@ def test_the_wheel_holds_no_development_tool(wheel):
 
 def test_the_fresh_venv_imports_the_wheel_and_no_development_tool(venv):
     probe = ("import importlib.util as u, json, smvision\n"
-             "print(json.dumps([smvision.__file__] + [bool(u.find_spec(n)) for n in ('devtools', 'smvision.deploy.local_s3')]))")
+             "names = ('devtools', 'smvision.deploy.local_s3')\n"
+             "print(json.dumps([smvision.__file__] + [bool(u.find_spec(n)) for n in names]))")
     done = venv.run(venv.bin / "python", "-c", probe)
     assert done.returncode == 0, done.stderr
     where, devtools, local_s3 = json.loads(done.stdout)
