@@ -204,8 +204,10 @@ class ServerProcess:
             raise ServerError(f"{self.name}: {exc}:\n{self.log_tail()}") from None
 
     def wait_ready(self, timeout: float | None = None) -> "ServerProcess":
-        """Until ready(self) holds (at most timeout, default ready_timeout_s seconds);
-        sets ready_after; returns self."""
+        """Until ready(self) holds (at most timeout, default ready_timeout_s seconds),
+        start()ing the server first if that was not done; sets ready_after; returns self."""
+        if self.process is None:
+            self.start()
         timeout = self.ready_timeout_s if timeout is None else timeout
         self.wait_until(lambda: self.ready(self), timeout, "it to be ready")
         self.ready_after = time.monotonic() - self.started_at

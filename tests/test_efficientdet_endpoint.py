@@ -110,7 +110,7 @@ def test_raw_image_bodies_use_the_default_thresholds_from_env(d0_model_dir, phot
     env = {"DEFAULT_PRED_THRESHOLD": "0.005", "DEFAULT_IOU_THRESHOLD": "0.5"}
     server = smvision_serve(d0_model_dir, env=env, log_path=tmp_path / "serve.log")
     try:
-        server.start_and_wait()
+        server.wait_ready()
         raw = invoke(server, photos["coffee.png"], "image/png")
         assert raw.status_code == 200, raw.text
         by_reference = invoke(server, {"bucket": BUCKET, "key": "coffee.png"}).json()

@@ -15,7 +15,7 @@ def test_an_abandoned_request_stops_within_seconds_of_its_504(d0_model_dir, phot
     env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "6", "SMVISION_MAX_RECORDS": "2000", "SMVISION_BATCH_SIZE": "2"}
     server = smvision_serve(d0_model_dir, env=env, log_path=tmp_path / "serve.log")
     try:
-        server.start_and_wait()
+        server.wait_ready()
         lines = "\n".join(f"{BUCKET}/rocket.jpg" for _ in range(1000))  # minutes of work
         big = requests.post(server.url + "/invocations", data=lines, headers={"Content-Type": "text/csv"}, timeout=30)
         assert big.status_code == 504, big.text

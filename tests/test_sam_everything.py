@@ -255,7 +255,7 @@ def test_over_http_everything_past_its_deadline_answers_504_in_time_and_frees_th
 
     import requests
 
-    from support import Server
+    from smvision.deploy.server_process import smvision_serve as Server
 
     timeout = 4
     server = Server(sam_model_dir("sam-decode"), log_path=tmp_path / "serve.log",
@@ -292,7 +292,7 @@ def test_the_deadline_is_checked_inside_upsampling_and_encoding_not_only_between
 
     from PIL import Image
 
-    from smvision.deploy.local_s3 import skimage_photo
+    from devtools.local_s3 import skimage_photo
 
     for kind, body, timeout in (
         ("sam-decode", _huge_decode_body(), 2.0),

@@ -109,7 +109,7 @@ def test_a_bad_prompt_is_a_400_before_any_encoding(handler):
 def test_over_http_the_answer_and_server_timing_show_the_hit(sam_model_dir, photos, tmp_path):
     server = smvision_serve(sam_model_dir("sam"), log_path=tmp_path / "serve.log")
     try:
-        server.start_and_wait()
+        server.wait_ready()
         body = {"bucket": BUCKET, "key": "coffee.png", "points": [[300, 200]], "labels": [1]}
         first = requests.post(server.url + "/invocations", json=body, timeout=60)
         second = requests.post(server.url + "/invocations", json={**body, "points": [[100, 100]]}, timeout=60)
