@@ -22,9 +22,10 @@ separate venv (devtools/toolkit/setup_toolkit_venv.sh) through devtools/toolkit/
   init when `torchserve --start` returns, so the whole server is "every process of that
   session", which is what its ServerProcess's stop() ends and rss() sums.
 
-Every server is a smvision.deploy.server_process.ServerProcess. One of our server or the
-toolkit is ready when a known-good POST /invocations answers 200, not when /ping does:
-TorchServe answers /ping 200 while its worker is still crash-looping.
+Every server is a smvision.deploy.server_process.ServerProcess (our_server, toolkit_server,
+torchserve). Ours and the toolkit count as ready when a known-good POST /invocations
+answers 200, not when /ping does: TorchServe answers /ping 200 while its worker is still
+crash-looping.
 
 To cover a new archive kind, add one Case to CASES: the command that builds its archive
 and the requests to compare.
