@@ -5,6 +5,7 @@ are started with smvision.deploy.server_process (ServerProcess, smvision_serve).
 from __future__ import annotations
 
 import base64
+import http.server
 import math
 import os
 import subprocess
@@ -166,6 +167,31 @@ class WriteWatch:
 
 # ---------------------------------------------------------------------------------------
 # Test-only HTTP endpoints on 127.0.0.1 (an S3 that refuses writes, one that records signatures)
+
+
+class DenyingAws(http.server.BaseHTTPRequestHandler):
+    """An AWS endpoint that refuses every request with 403 AccessDenied, as AWS does for a
+    role without access; the Authorization header of each request is kept in `.seen`."""
+
+    seen: list[str] = []
+
+    def _refuse(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        type(self).seen.append(self.headers.get("Authorization") or "")
+        body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET = do_PUT = do_POST = do_DELETE = _refuse
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 class HttpStub:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import re
-import threading
 
 import boto3
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from smvision.archive.build import read_member
 from smvision.archive.push import PushError, push_archive
 from smvision.cli import main
+from support import DenyingAws, HttpStub
 
 BUCKET = "smvision-models"
 
@@ -71,34 +70,10 @@ def test_bad_env_is_a_usage_error(d0_archive):
     assert exit_info.value.code == 2
 
 
-class _DenyingS3(http.server.BaseHTTPRequestHandler):
-    """An S3 endpoint that refuses every request, as S3 does for a role without access."""
-
-    def _deny(self) -> None:
-        body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-        self.send_response(403)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    do_HEAD = do_GET = do_PUT = do_POST = _deny
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_denied_access_is_a_clear_error(d0_archive, s3_endpoint, monkeypatch, capsys):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DenyingS3)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{server.server_address[1]}")
+    with HttpStub(DenyingAws) as denying:  # an S3 endpoint that refuses every request
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", denying.url)
         code = main(["archive", "push", str(d0_archive), "--bucket", "locked", "--prefix", "x", "--env", "dev"])
-    finally:
-        server.shutdown()
-        server.server_close()
     assert code == 1
     assert "access to bucket 'locked' denied" in capsys.readouterr().err
 
