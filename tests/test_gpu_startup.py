@@ -182,9 +182,14 @@ def serve_env(tmp_path: Path, output: str | None, **extra: str) -> dict[str, str
     return env
 
 
-def run_serve(model_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "smvision.container.serve", "--model-dir", str(model_dir),
-                           "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=300)
+SERVE_MODULE = [sys.executable, "-m", "smvision.container.serve"]
+#: the console script as SageMaker starts it: `docker run IMAGE serve`
+SERVE_SCRIPT = [str(Path(sys.executable).parent / "serve"), "serve"]
+
+
+def run_serve(model_dir: Path, env: dict[str, str], command: list[str] = SERVE_MODULE) -> subprocess.CompletedProcess:
+    return subprocess.run([*command, "--model-dir", str(model_dir), "--port", str(free_port())],
+                          env=env, capture_output=True, text=True, timeout=300)
 
 
 def pids(log: str, text: str) -> list[str]:
@@ -192,9 +197,10 @@ def pids(log: str, text: str) -> list[str]:
     return [m.group(1) for m in re.finditer(r"\[(\d+)\] [A-Z]+ smvision\.container: (.*)", log) if text in m.group(2)]
 
 
-def test_serve_on_an_old_driver_enables_compat_then_refuses_a_cuda_that_cannot_start(tmp_path, model_dir):
+@pytest.mark.parametrize("command", [SERVE_SCRIPT, SERVE_MODULE], ids=["serve-script", "python-m"])
+def test_serve_on_an_old_driver_enables_compat_then_refuses_a_cuda_that_cannot_start(tmp_path, model_dir, command):
     env = serve_env(tmp_path, "smi-470-g4dn.txt")
-    done = run_serve(model_dir, env)
+    done = run_serve(model_dir, env, command)
     compat = env["SMVISION_CUDA_COMPAT_DIR"]
     assert done.returncode == 3, done.stderr
     decided = ("GPU start-up: NVIDIA driver 470.256.02 (nvidia-smi), GPUs: Tesla T4; CUDA forward compatibility on: "
