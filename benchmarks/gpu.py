@@ -13,14 +13,14 @@ is skipped and listed as such):
    attention ("eager") and with the attention as one torch scaled_dot_product_attention call
    with the relative-position bias as its mask ("sdpa", patched in here only, to decide
    whether serving should adopt it); the embedding's cosine to fp32 eager; peak GPU memory.
-   Then torch.compile of vit_b bf16 at batch 1: compile seconds, ms per image, and whether it
-   pays (at least 10% faster).
 3. EfficientDet D0, D4, D7 (EfficientDetector, as the torch runtime serves it, with
    trained-like weights: devtools.weights.trained_like_efficientdet) on four photos:
    images/s through detect() at batch 1 and 8 in fp32 and with USE_FLOAT16, peak memory;
    and float16's fidelity to fp32 on the same inputs: the largest class-score and
    box-regression differences, and how many fp32 detections (the 50 best anchors' score as
    threshold) float16 finds again with the same class within 1 pixel.
+4. torch.compile of SAM vit_b bf16 at batch 1, if time is left: compile seconds, ms per
+   image against eager, and whether it pays (at least 10% faster).
 
     python benchmarks/gpu.py [--out DIR] [--readme README.md] [--budget-s 420]
                              [--sam-models vit_b,vit_h] [--coefs 0,4,7] [--rounds 5] [--sam-batch 8]
@@ -313,6 +313,10 @@ def sam(report: Report, args: argparse.Namespace, budget: Budget, images: list[A
                     report.data["sam"].append(row)
                     print(f"SAM {row}", flush=True)
         report.save()
+
+
+def compile_section(report: Report, args: argparse.Namespace, budget: Budget, images: list[Any]) -> None:
+    """torch.compile last: it only says whether compiling would pay, when time is left."""
     if args.no_compile or args.smoke:
         report.skip("torch.compile", "--no-compile" if args.no_compile else "--smoke")
         return
@@ -519,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     images = photos()
     sam(report, args, budget, images)
     efficientdet(report, args, budget, images)
+    compile_section(report, args, budget, images)
     report.data["host"]["seconds"] = round(args.budget_s - budget.left(), 1)
     report.save()
     print(f"wrote {report.json_path} and {report.md_path}" + (f", {args.readme}" if args.readme else ""))
