@@ -68,8 +68,14 @@ def _push(args: argparse.Namespace) -> int:
 
 @_fails_cleanly
 def _deploy_create(args: argparse.Namespace) -> int:
-    from smvision.deploy import aws, endpoints
+    from smvision.deploy import amis, aws, endpoints
     from smvision.deploy.autoscaling import Scaling
+
+    ami = amis.inference_ami(args.inference_ami_version, args.instance_type, args.serverless is not None,
+                             amis.sdk_inference_amis())
+    if ami is None and args.inference_ami_version is None and amis.is_gpu_instance(args.instance_type):
+        print(f"{args.instance_type}: {amis.describe(None)} (no InferenceAmiVersion known to serve this family; "
+              "--inference-ami-version picks one)", file=sys.stderr)
 
     spec = endpoints.EndpointSpec(
         name=args.name,
@@ -86,6 +92,7 @@ def _deploy_create(args: argparse.Namespace) -> int:
         serverless_memory_mb=args.serverless,
         serverless_max_concurrency=args.serverless_max_concurrency,
         startup_timeout_s=args.startup_timeout,
+        inference_ami_version=ami,
     )
     spec.validate()
     region = args.region or aws.region_name()
@@ -240,7 +247,7 @@ def _transform_options(args: argparse.Namespace) -> Any:
 def _transform(args: argparse.Namespace) -> int:
     if args.local:
         return _transform_local(args)
-    from smvision.deploy import aws, transform
+    from smvision.deploy import amis, aws, transform
 
     if not args.model_name:
         raise ValueError("--model-name is required (or --local --model-dir DIR)")
@@ -248,9 +255,12 @@ def _transform(args: argparse.Namespace) -> int:
     sm = aws.client("sagemaker", region)
     spec = transform.JobSpec(args.model_name, args.input, args.output, _transform_options(args),
                              instance_type=args.instance_type, instance_count=args.instance_count,
-                             job_name=args.job_name, environment=_key_values(args.env))
+                             job_name=args.job_name, environment=_key_values(args.env),
+                             transform_ami_version=amis.transform_ami(args.transform_ami_version, args.instance_type))
     name = transform.create_job(sm, spec)
-    print(f"transform job {name} created", file=sys.stderr)
+    print(f"transform job {name} created"
+          + (f", host AMI {amis.describe(spec.transform_ami_version)}" if spec.transform_ami_version else ""),
+          file=sys.stderr)
     if args.no_wait:
         print(name)
         return 0
@@ -406,6 +416,12 @@ def add_deploy_commands(commands: Any) -> None:
     create.add_argument("--serverless", type=int, metavar="MEMORY_MB", help="a serverless endpoint (1024-6144 MB)")
     create.add_argument("--serverless-max-concurrency", type=int, default=5)
     create.add_argument("--startup-timeout", type=int, default=600, help="container startup health check timeout, s")
+    from smvision.deploy import amis
+
+    create.add_argument("--inference-ami-version", metavar="NAME",
+                        help="host AMI (NVIDIA driver) of a GPU endpoint, or none for the family's default "
+                             f"(default on ml.{', '.join(amis.INFERENCE_DEFAULT_FAMILIES)}: the newest, "
+                             f"{amis.describe(amis.newest(amis.INFERENCE_GPU_AMIS))})")
     add_wait_arguments(create, 1800, "how long to wait for InService, s", poll_s=15)
     create.add_argument("--no-wait", action="store_true", help="return once SageMaker accepted the request")
     add_region_argument(create)
@@ -454,6 +470,12 @@ def add_transform_command(commands: Any) -> None:
     transform.add_argument("--assemble-with", choices=("None", "Line"), default="None")
     add_instance_arguments(transform, "ml.c5.xlarge", "SageMaker job instance type")
     transform.add_argument("--job-name", help="default: <model name>-<UTC stamp>")
+    from smvision.deploy import amis
+
+    transform.add_argument("--transform-ami-version", metavar="NAME",
+                           help=f"host AMI (NVIDIA driver) of a GPU job: {' or '.join(amis.TRANSFORM_GPU_AMIS)}, or none "
+                                f"for the family's default (default on ml.{', '.join(amis.TRANSFORM_DEFAULT_FAMILIES)}: "
+                                f"{amis.newest(amis.TRANSFORM_GPU_AMIS)})")
     add_env_argument(transform, "job container environment")
     transform.add_argument("--no-progress", action="store_true")
     transform.add_argument("--no-wait", action="store_true", help="print the job name once created")

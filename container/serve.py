@@ -9,6 +9,10 @@ SMVISION_MODEL_DIR, SAGEMAKER_BIND_TO_PORT and SAGEMAKER_MODEL_SERVER_WORKERS, a
 written back to the environment, which is how uvicorn's worker processes (more than one
 worker) receive them.
 
+On a machine with an NVIDIA GPU, run() first decides CUDA forward compatibility and
+re-executes the process with LD_LIBRARY_PATH set when the driver needs it, then checks that
+CUDA initialises, and refuses to start (exit 3) when it does not (see gpu.py).
+
 SIGTERM (and Ctrl-C): uvicorn's graceful shutdown (stop accepting, let in-flight
 requests finish), then run() returns and the process exits 0.
 """
@@ -17,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import os
 import signal
 import sys
 import threading
 
+from smvision.container import gpu
 from smvision.container.settings import (
     ENV_MODEL_DIR,
     Settings,
@@ -93,7 +99,9 @@ def run(model_dir: str | None = None, port: int | None = None,
         workers: int | None = None) -> None:
     """Serve the model in model_dir until SIGTERM/SIGINT; return after a graceful stop.
 
-    Raises SettingsError (a ValueError) for a bad setting, before anything starts.
+    Raises SettingsError (a ValueError) for a bad setting, before anything starts, and
+    gpu.GpuStartupError when a GPU is visible but CUDA cannot initialise. May re-execute
+    the process (gpu.start) before serving.
     """
     import uvicorn  # here, so `smvision --help` stays fast
 
@@ -106,6 +114,8 @@ def run(model_dir: str | None = None, port: int | None = None,
         overrides["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(workers)
     settings = Settings.from_env({**os.environ, **overrides})
     check(settings)
+    logging.config.dictConfig(log_config(settings.log_level))
+    gpu.start()  # may re-execute this process with LD_LIBRARY_PATH for CUDA forward compatibility
     os.environ.update(overrides)  # uvicorn's worker processes read settings from here
     os.environ[ENV_MODEL_DIR] = os.path.abspath(settings.model_dir)
 
@@ -158,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(args)
     try:
         run(ns.model_dir, ns.port, ns.workers)
+    except gpu.GpuStartupError as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
+        return 3
     except SettingsError as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2

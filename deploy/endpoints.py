@@ -18,6 +18,7 @@ from typing import Any, Callable
 from botocore.exceptions import ClientError
 
 from smvision.deploy import autoscaling
+from smvision.deploy.amis import describe as describe_ami
 from smvision.deploy.autoscaling import Scaling
 from smvision.deploy.aws import AwsError, error_code, error_message
 from smvision.deploy.images import pytorch_inference_image
@@ -52,6 +53,7 @@ class EndpointSpec:
     serverless_memory_mb: int | None = None
     serverless_max_concurrency: int = 5
     startup_timeout_s: int = 600
+    inference_ami_version: str | None = None  # ProductionVariant.InferenceAmiVersion (deploy/amis.py)
 
     def validate(self) -> None:
         """Raise ValueError naming the option that is wrong."""
@@ -96,6 +98,8 @@ class EndpointSpec:
                 InitialVariantWeight=1.0,
                 ContainerStartupHealthCheckTimeoutInSeconds=self.startup_timeout_s,
             )
+            if self.inference_ami_version:
+                variant["InferenceAmiVersion"] = self.inference_ami_version
         return variant
 
     def async_config(self) -> dict[str, Any] | None:
@@ -214,7 +218,8 @@ def create_or_update(
     if spec.async_config() is not None:
         config["AsyncInferenceConfig"] = spec.async_config()
     sm.create_endpoint_config(**config)
-    report(f"endpoint config {name}")
+    report(f"endpoint config {name}" + (f", host AMI {describe_ami(spec.inference_ami_version)}"
+                                        if spec.inference_ami_version else ""))
 
     old_config, old_models = None, []
     if existing is None:

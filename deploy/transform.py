@@ -26,6 +26,7 @@ class JobSpec:
     instance_count: int = 1
     job_name: str | None = None
     environment: dict[str, str] | None = None
+    transform_ami_version: str | None = None  # TransformResources.TransformAmiVersion (deploy/amis.py)
 
     def request(self) -> dict[str, Any]:
         """The CreateTransformJob request."""
@@ -55,6 +56,8 @@ class JobSpec:
             "TransformOutput": output,
             "TransformResources": {"InstanceType": self.instance_type, "InstanceCount": self.instance_count},
         }
+        if self.transform_ami_version:
+            request["TransformResources"]["TransformAmiVersion"] = self.transform_ami_version
         if opts.batch_strategy:
             if opts.batch_strategy not in batching.BATCH_STRATEGIES:
                 raise ValueError(f"--batch-strategy must be one of {batching.BATCH_STRATEGIES}")

@@ -36,6 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 DOCKERFILES = ("Dockerfile.cpu", "Dockerfile.gpu")
 BIN = Path(sys.executable).parent
 IMAGE_UID = 10001
+#: the GPU image's torch build: CUDA 12.6, which SageMaker's 470 / 535 / 550 / 580 hosts run
+GPU_TORCH_INDEX = "cu126"
 
 
 # --- a small Dockerfile parser --------------------------------------------------------
@@ -199,16 +201,27 @@ def test_installs_the_pinned_requirements_then_the_project_without_deps(dockerfi
     pairs = list(zip(options[::2], options[1::2]))
     assert len(options) % 2 == 0 and all(flag in allowed for flag, _ in pairs), options
     indexes = dict(pairs)
-    if dockerfile.name == "Dockerfile.cpu":
-        assert indexes.get("--index-url") == "https://download.pytorch.org/whl/cpu", indexes
-        assert indexes.get("--extra-index-url") == "https://pypi.org/simple", indexes
-    else:
-        assert indexes == {}, "the GPU image takes PyPI's torch (the CUDA build), as the tests do"
+    # torch's build from PyTorch's index (the same ==2.14.1 as +cpu / +cu126), the rest from PyPI
+    flavour = "cpu" if dockerfile.name == "Dockerfile.cpu" else GPU_TORCH_INDEX
+    assert indexes.get("--index-url") == f"https://download.pytorch.org/whl/{flavour}", indexes
+    assert indexes.get("--extra-index-url") == "https://pypi.org/simple", indexes
     # 2: the project itself, no dependency resolution
     assert sorted(project) == sorted(["--no-cache-dir", "--no-deps", "."]), project
     # requirements.txt comes from the repository root, before it is installed
     copies = [c.args.split() for c in stages[0].all("COPY")]
     assert ["requirements.txt", "./"] in copies
+
+
+def test_gpu_image_cuda_matches_its_torch_build():
+    """The base's CUDA user space (and its forward-compatibility package) is the CUDA that
+    torch is built for, and the build stops if pip resolved another torch build."""
+    stages = parse(REPO / "Dockerfile.gpu")
+    cuda = GPU_TORCH_INDEX[2:4] + "." + GPU_TORCH_INDEX[4:]
+    for stage in stages:
+        match = re.fullmatch(r"nvidia/cuda:(\d+\.\d+)\.\d+-base-ubuntu\d+\.\d+", stage.base)
+        assert match and match.group(1) == cuda, f"{stage.base}: the `base` flavour of CUDA {cuda}"
+    checks = [argv for run in stages[0].all("RUN") for argv in shell_commands(run) if argv[:2] == ["python", "-c"]]
+    assert any(f"torch.version.cuda == '{cuda}'" in argv[2] for argv in checks), checks
 
 
 def test_copies_every_source_folder_the_package_maps(stages):
