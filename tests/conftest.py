@@ -14,6 +14,14 @@ BUCKET = "smvision-photos"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
 
 
+@pytest.fixture(autouse=True)
+def smvision_config_dir(tmp_path_factory, monkeypatch) -> Path:
+    """A config folder of the test's own (`image push` records images there): never the user's."""
+    folder = tmp_path_factory.mktemp("smvision-config")
+    monkeypatch.setenv("SMVISION_CONFIG_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory) -> str:
     """A moto S3 server on 127.0.0.1; boto3 in this process and children points at it."""
