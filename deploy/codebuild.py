@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from botocore.exceptions import ClientError
 
-from smvision.deploy.aws import AwsError, bucket_problem, error_code, error_message
+from smvision.deploy.aws import AwsError, bucket_problem, describe_error, error_code, error_message
 from smvision.deploy.build_context import BuildContext, PLATFORM
 from smvision.deploy.progress import Report, report_to_stderr
 
@@ -82,9 +82,10 @@ def ensure_bucket(s3: Any, bucket: str, region: str) -> bool:
         s3.head_bucket(Bucket=bucket)
         return False
     except ClientError as exc:
-        problem = bucket_problem(exc, bucket, "bucket", "s3:PutObject")
-        if problem is None or "does not exist" not in problem:
-            raise AwsError(problem or f"bucket {bucket!r}: {error_message(exc)}") from None
+        status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        if error_code(exc) not in ("404", "NoSuchBucket") and status != 404:
+            problem = bucket_problem(exc, bucket, "bucket", "s3:ListBucket and s3:PutObject") or describe_error(exc)
+            raise AwsError(f"{problem}; or pass --bucket with a bucket of yours") from None
     options: dict[str, Any] = {"Bucket": bucket}
     if region != "us-east-1":
         options["CreateBucketConfiguration"] = {"LocationConstraint": region}
@@ -120,7 +121,8 @@ def role_policy(region: str, account: str, repository_arn: str, bucket: str) -> 
     arn = partition(region)
     group = f"arn:{arn}:logs:{region}:{account}:log-group:{log_group()}"
     return {"Version": "2012-10-17", "Statement": [
-        {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+        {"Sid": "Logs", "Effect": "Allow",
+         "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
          "Resource": [group, f"{group}:*"]},
         {"Sid": "Source", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
          "Resource": f"arn:{arn}:s3:::{bucket}/{SOURCE_PREFIX}*"},
@@ -231,7 +233,8 @@ class BuildRequest:
             "privilegedModeOverride": True,
             "serviceRoleOverride": self.role_arn,
             "timeoutInMinutesOverride": BUILD_TIMEOUT_MIN[processor],
-            "environmentVariablesOverride": [{"name": k, "value": v, "type": "PLAINTEXT"} for k, v in variables.items()],
+            "environmentVariablesOverride": [{"name": name, "value": value, "type": "PLAINTEXT"}
+                                             for name, value in variables.items()],
             "logsConfigOverride": {"cloudWatchLogs": {"status": "ENABLED", "groupName": log_group()}},
         }
 

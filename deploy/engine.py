@@ -50,7 +50,8 @@ class Engine:
         argv = [self.path, *arguments]
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         try:
-            process = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            process = subprocess.Popen(argv, cwd=cwd,
+                                       stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
         except OSError as exc:
             raise EngineError(f"cannot run {self.name}: {exc.strerror or exc}") from None

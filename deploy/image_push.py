@@ -10,6 +10,7 @@ package version, same inputs) is not built again unless asked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from smvision.deploy import aws, build_context, codebuild, ecr, image_record
 from smvision.deploy.engine import Engine, find_engine
@@ -71,7 +72,7 @@ def push(options: PushOptions, report: Report = report_to_stderr) -> str:
     return uri
 
 
-def _push_local(engine: Engine, registry: object, context: build_context.BuildContext, uri: str,
+def _push_local(engine: Engine, registry: Any, context: build_context.BuildContext, uri: str,
                 report: Report) -> None:
     host, username, password = ecr.login_secret(registry)
     engine.login(host, username, password)

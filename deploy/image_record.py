@@ -4,9 +4,10 @@ One JSON file, `images.json`, in the user's config folder: `$SMVISION_CONFIG_DIR
 `$XDG_CONFIG_HOME/smvision`, else `~/.config/smvision`. It maps
 `<account>/<region>/<processor>` to the image pushed last from this machine:
 
-    {"images": {"123456789012/eu-west-1/cpu": {"uri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/smvision:cpu-0.1.0-3f2a9c1b7d4e",
-                "repository": "smvision", "tag": "cpu-0.1.0-3f2a9c1b7d4e", "version": "0.1.0",
-                "source_digest": "3f2a...", "pushed_at": "2026-11-26T13:14:09Z"}}}
+    {"images": {"123456789012/eu-west-1/cpu": {
+        "uri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/smvision:cpu-0.1.0-3f2a9c1b7d4e",
+        "repository": "smvision", "tag": "cpu-0.1.0-3f2a9c1b7d4e", "version": "0.1.0",
+        "source_digest": "3f2a...", "pushed_at": "2026-11-26T13:14:09Z"}}}
 """
 
 from __future__ import annotations

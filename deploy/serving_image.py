@@ -39,8 +39,8 @@ def installed_version() -> str:
     return importlib.metadata.version("smvision")
 
 
-def choose_image(requested: str | None, region: str, instance_type: str | None, *, sts: Any = None, registry: Any = None,
-                 report: Report = report_to_stderr) -> str:
+def choose_image(requested: str | None, region: str, instance_type: str | None, *, sts: Any = None,
+                 registry: Any = None, report: Report = report_to_stderr) -> str:
     """The image URI to deploy (see the module docstring). sts and registry (ECR) clients are
     needed only when requested is None."""
     kind = processor(instance_type)
@@ -64,7 +64,8 @@ def choose_image(requested: str | None, region: str, instance_type: str | None, 
         state = _still_in_ecr(registry, entry)
         if state is not False:
             unchecked = "" if state else " (not checked: no ecr:DescribeImages)"
-            report(f"image {entry['uri']}: pushed by `smvision image push {kind}` on {entry.get('pushed_at')}{unchecked}")
+            report(f"image {entry['uri']}: pushed by `smvision image push {kind}` on {entry.get('pushed_at')}"
+                   + unchecked)
             return entry["uri"]
         report(f"the image recorded for {where}, {entry['uri']}, is no longer in ECR; looking for another")
         note = f" (the one recorded, {entry['uri']}, is no longer there)"

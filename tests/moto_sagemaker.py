@@ -172,8 +172,8 @@ def _patch_codebuild() -> None:
                 phase: dict[str, Any] = {"phaseType": name, "startTime": now, "endTime": now, "durationInSeconds": 0,
                                          "phaseStatus": "SUCCEEDED"}
                 if name == failed_phase:
-                    phase.update(phaseStatus=outcome["status"],
-                                 contexts=[{"statusCode": "COMMAND_EXECUTION_ERROR", "message": outcome.get("message", "")}])
+                    context = {"statusCode": "COMMAND_EXECUTION_ERROR", "message": outcome.get("message", "")}
+                    phase.update(phaseStatus=outcome["status"], contexts=[context])
                 phases.append(phase)
             phases.append({"phaseType": "COMPLETED", "startTime": now})
             write_log(self, build, outcome.get("log", ["moto: a build that runs nothing"]))

@@ -39,7 +39,8 @@ def aws(tmp_path_factory):
             manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                         "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
                                    "digest": "sha256:" + ("c" if "cpu-" in image else "9") * 64}, "layers": []}
-            ecr.put_image(repositoryName="smvision", imageTag=image.rsplit(":", 1)[1], imageManifest=json.dumps(manifest))
+            ecr.put_image(repositoryName="smvision", imageTag=image.rsplit(":", 1)[1],
+                          imageManifest=json.dumps(manifest))
         yield url
 
 

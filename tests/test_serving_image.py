@@ -60,7 +60,8 @@ def deploy(region: str, name: str, *args: str) -> int:
 
 def image_of(region: str, endpoint: str) -> str:
     sm = boto3.client("sagemaker", region_name=region)
-    config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"])
+    config_name = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    config = sm.describe_endpoint_config(EndpointConfigName=config_name)
     return sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])["PrimaryContainer"]["Image"]
 
 
@@ -123,7 +124,8 @@ def test_the_recorded_image_first_and_what_happens_when_it_is_gone(aws, capsys):
 def test_the_pytorch_dlc_only_when_asked_and_with_a_warning(aws, capsys):
     region = "us-east-2"
     assert deploy(region, "d0-dlc", "--instance-type", "ml.g4dn.xlarge", "--image", "pytorch-2.6-dlc") == 0
-    assert image_of(region, "d0-dlc") == "763104351884.dkr.ecr.us-east-2.amazonaws.com/pytorch-inference:2.6.0-gpu-py312"
+    dlc = "763104351884.dkr.ecr.us-east-2.amazonaws.com/pytorch-inference:2.6.0-gpu-py312"
+    assert image_of(region, "d0-dlc") == dlc
     err = capsys.readouterr().err
     assert "warning: the AWS PyTorch 2.6 inference image passed its end of support on 2026-06-30" in err
     assert "pip-installs code/requirements.txt at every start" in err and "`smvision image push gpu`" in err
