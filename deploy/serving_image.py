@@ -2,9 +2,9 @@
 
 - no `--image`: our own image for the region and the instance's processor (images.processor:
   cpu, or gpu for ml.g* / ml.p*): the one `smvision image push` recorded for this account
-  and region (image_record) if it is still in ECR and of this smvision's version, else the
-  newest image in the ECR repository tagged `<processor>-<version>-...`; with neither, an
-  error that says to run `smvision image push cpu|gpu`;
+  and region (image_record) if it is of this smvision's version, else the newest image in
+  the ECR repository tagged `<processor>-<version>-...`; with neither, an error that says
+  to run `smvision image push cpu|gpu`;
 - `--image pytorch-2.6-dlc`: the AWS PyTorch 2.6 inference image, with a warning (past its
   end of support; pip-installs code/requirements.txt at every start);
 - `--image URI`: that image.
@@ -15,10 +15,8 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from smvision.deploy import ecr, image_record
-from smvision.deploy.aws import AwsError, error_code
+from smvision.deploy.aws import AwsError
 from smvision.deploy.images import processor, pytorch_inference_image
 from smvision.deploy.progress import Report, report_to_stderr
 
@@ -56,19 +54,11 @@ def choose_image(requested: str | None, region: str, instance_type: str | None, 
     version = installed_version()
     entry = image_record.recorded(account, region, kind)
     where = f"{account}/{region}/{kind}"
-    note = ""
-    if entry and entry.get("version") != version:
-        note = (f" (the one recorded, {entry['uri']}, is smvision {entry.get('version')} and this is {version}: "
-                "pass it as --image to use it anyway)")
-    elif entry:
-        state = _still_in_ecr(registry, entry)
-        if state is not False:
-            unchecked = "" if state else " (not checked: no ecr:DescribeImages)"
-            report(f"image {entry['uri']}: pushed by `smvision image push {kind}` on {entry.get('pushed_at')}"
-                   + unchecked)
-            return entry["uri"]
-        report(f"the image recorded for {where}, {entry['uri']}, is no longer in ECR; looking for another")
-        note = f" (the one recorded, {entry['uri']}, is no longer there)"
+    if entry and entry.get("version") == version:
+        report(f"image {entry['uri']}: pushed by `smvision image push {kind}` on {entry.get('pushed_at')}")
+        return entry["uri"]
+    note = (f" (the one recorded, {entry['uri']}, is smvision {entry.get('version')} and this is {version}: "
+            "pass it as --image to use it anyway)") if entry else ""
     repository = entry.get("repository", ecr.DEFAULT_REPOSITORY) if entry else ecr.DEFAULT_REPOSITORY
     tag = ecr.newest_tag(registry, repository, f"{kind}-{version}-")
     if tag:
@@ -80,18 +70,6 @@ def choose_image(requested: str | None, region: str, instance_type: str | None, 
         f"`smvision image push {kind} --region {region}` (with --remote where there is no docker, finch or podman), "
         f"or pass --image URI (--image {DLC} for the AWS PyTorch 2.6 image, past its end of support)"
     )
-
-
-def _still_in_ecr(registry: Any, entry: dict[str, Any]) -> bool | None:
-    """True if the recorded tag is in its repository, False if not, None when we may not look."""
-    try:
-        return ecr.image_exists(registry, entry["repository"], entry["tag"])
-    except ClientError as exc:
-        if error_code(exc) in ("AccessDeniedException", "AccessDenied"):
-            return None
-        raise
-    except KeyError:
-        return None
 
 
 def _repository_uri(registry: Any, repository: str) -> str:

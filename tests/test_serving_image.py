@@ -97,28 +97,28 @@ def test_the_newest_image_of_this_version_and_processor_in_ecr(aws, capsys):
     assert image_of(region, "d0-found-sls") == newer
 
 
-def test_the_recorded_image_first_and_what_happens_when_it_is_gone(aws, capsys):
+def test_the_recorded_image_first_then_by_tag_when_recorded_for_another_version(aws, capsys):
     region = "eu-west-1"
     (found,) = pushed(region, f"cpu-{VERSION}-00000000000a")
     (mine,) = pushed(region, f"cpu-{VERSION}-00000000000b", repository="team")
     image_record.record(ACCOUNT, region, "cpu", uri=mine, repository="team", tag=mine.rsplit(":", 1)[1],
                         version=VERSION, source_digest="b" * 64)
     assert deploy(region, "d0-recorded", "--instance-type", "ml.c5.xlarge") == 0
-    assert image_of(region, "d0-recorded") == mine
+    assert image_of(region, "d0-recorded") == mine  # not the one found by tag in the default repository
     assert f"image {mine}: pushed by `smvision image push cpu`" in capsys.readouterr().err
 
-    # its tag is gone from ECR (a lifecycle policy expired it): the newest of its repository, else an error
-    boto3.client("ecr", region_name=region).batch_delete_image(repositoryName="team",
-                                                               imageIds=[{"imageTag": mine.rsplit(":", 1)[1]}])
-    assert deploy(region, "d0-recorded", "--instance-type", "ml.c5.xlarge") == 1
-    err = capsys.readouterr().err
-    assert "is no longer in ECR" in err and f"(the one recorded, {mine}, is no longer there)" in err
-
-    # recorded by another smvision version: not used unless asked for
-    image_record.record(ACCOUNT, region, "cpu", uri=found, repository="smvision", tag="cpu-0.0.1-00000000000a",
-                        version="0.0.1", source_digest="a" * 64)
+    # recorded by another smvision version: not used unless asked for; the newest of this version instead
+    old = f"{registry(region)}/smvision:cpu-0.0.1-00000000000c"
+    image_record.record(ACCOUNT, region, "cpu", uri=old, repository="smvision", tag="cpu-0.0.1-00000000000c",
+                        version="0.0.1", source_digest="c" * 64)
     assert deploy(region, "d0-recorded", "--instance-type", "ml.c5.xlarge") == 0
-    assert image_of(region, "d0-recorded") == found  # the newest of this version, found by tag
+    assert image_of(region, "d0-recorded") == found
+    # and with nothing of this version in its repository, the error names the recorded one
+    boto3.client("ecr", region_name=region).batch_delete_image(repositoryName="smvision",
+                                                               imageIds=[{"imageTag": found.rsplit(":", 1)[1]}])
+    assert deploy(region, "d0-recorded", "--instance-type", "ml.c5.xlarge") == 1
+    assert f"(the one recorded, {old}, is smvision 0.0.1 and this is {VERSION}: pass it as --image" in \
+        capsys.readouterr().err
 
 
 def test_the_pytorch_dlc_only_when_asked_and_with_a_warning(aws, capsys):
