@@ -39,10 +39,14 @@ def build_local(processor: str, engine_name: str | None = None, context_dir: str
                 report: Report = report_to_stderr) -> str:
     """Build the image with the local engine as smvision:<tag> (and smvision:<processor>); returns smvision:<tag>."""
     context = build_context.load(build_context.find_root(context_dir), processor)
-    engine = find_engine(engine_name)
+    return _build(find_engine(engine_name), context, report)
+
+
+def _build(engine: Engine, context: build_context.BuildContext, report: Report) -> str:
+    """`<engine> build` of the context as smvision:<tag> and smvision:<processor>; returns the first."""
     local = f"smvision:{context.tag}"
     report(f"building {context.dockerfile} ({len(context.files)} files, {build_context.PLATFORM}) with {engine.name}")
-    engine.build(context.root, context.dockerfile, [local, f"smvision:{processor}"], build_context.PLATFORM,
+    engine.build(context.root, context.dockerfile, [local, f"smvision:{context.processor}"], build_context.PLATFORM,
                  context.labels)
     return local
 
@@ -76,11 +80,7 @@ def _push_local(engine: Engine, registry: Any, context: build_context.BuildConte
                 report: Report) -> None:
     host, username, password = ecr.login_secret(registry)
     engine.login(host, username, password)
-    local = f"smvision:{context.tag}"
-    report(f"building {context.dockerfile} ({len(context.files)} files, {build_context.PLATFORM}) with {engine.name}")
-    engine.build(context.root, context.dockerfile, [local, f"smvision:{context.processor}"], build_context.PLATFORM,
-                 context.labels)
-    engine.tag(local, uri)
+    engine.tag(_build(engine, context, report), uri)
     engine.push(uri)
 
 

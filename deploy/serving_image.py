@@ -41,15 +41,15 @@ def choose_image(requested: str | None, region: str, instance_type: str | None, 
                  registry: Any = None, report: Report = report_to_stderr) -> str:
     """The image URI to deploy (see the module docstring). sts and registry (ECR) clients are
     needed only when requested is None."""
+    if requested and requested != DLC:
+        if "/" not in requested:
+            raise ValueError(f"--image takes an image URI (ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPOSITORY:TAG) "
+                             f"or {DLC}, got {requested!r}")
+        return requested  # any instance type: an image built for Inferentia or Graviton too
     kind = processor(instance_type)
     if requested == DLC:
         report(DLC_WARNING.format(processor=kind))
         return pytorch_inference_image(region, instance_type)
-    if requested:
-        if "/" not in requested:
-            raise ValueError(f"--image takes an image URI (ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPOSITORY:TAG) "
-                             f"or {DLC}, got {requested!r}")
-        return requested
     account = sts.get_caller_identity()["Account"]
     version = installed_version()
     entry = image_record.recorded(account, region, kind)

@@ -150,6 +150,12 @@ def test_instances_our_images_cannot_run_are_refused_before_any_call(aws, instan
     assert models("eu-south-1") == []
 
 
+def test_an_image_given_serves_any_instance_type(aws):
+    neuron = "111122223333.dkr.ecr.eu-south-1.amazonaws.com/my-neuron-image:1"
+    assert deploy("eu-south-1", "d0-neuron", "--instance-type", "ml.inf1.xlarge", "--image", neuron) == 0
+    assert image_of("eu-south-1", "d0-neuron") == neuron
+
+
 def test_transform_with_model_data_makes_its_model_with_our_image(aws, capsys):
     region = "ap-southeast-2"
     (cpu,) = pushed(region, f"cpu-{VERSION}-0000000000c1")
