@@ -8,6 +8,7 @@
                          --output DIR        (writes DIR/sam_<type>_<encode|decode|sam>.mar)
     smvision serve --model-dir DIR [--port N] [--workers K]
     smvision archive push | deploy create/delete/list | invoke | transform | bench (cli/deploy.py)
+    smvision image build|push {cpu|gpu} [--remote] (cli/image.py)
 """
 
 from __future__ import annotations
@@ -134,6 +135,10 @@ def parser() -> argparse.ArgumentParser:
     from smvision.cli.deploy import add_commands as add_deploy_commands
 
     add_deploy_commands(commands, archive_commands)
+    # image build / push: our serving image, to ECR (cli/image.py)
+    from smvision.cli.image import add_image_commands
+
+    add_image_commands(commands)
     return top
 
 

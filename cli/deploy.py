@@ -66,6 +66,16 @@ def _push(args: argparse.Namespace) -> int:
 # ---- deploy -------------------------------------------------------------------------
 
 
+def _serving_image(requested: str | None, region: str, instance_type: str | None) -> str:
+    """--image as given (a URI, or pytorch-2.6-dlc with its warning), else our image that
+    `smvision image push` put in ECR for the region and the instance's processor."""
+    from smvision.deploy import aws
+    from smvision.deploy.serving_image import choose_image
+
+    return choose_image(requested, region, instance_type, sts=aws.client("sts", region),
+                        registry=aws.client("ecr", region))
+
+
 @_fails_cleanly
 def _deploy_create(args: argparse.Namespace) -> int:
     from smvision.deploy import amis, aws, endpoints
@@ -96,6 +106,7 @@ def _deploy_create(args: argparse.Namespace) -> int:
     )
     spec.validate()
     region = args.region or aws.region_name()
+    spec.image = _serving_image(args.image, region, spec.instance_type)
     description = endpoints.create_or_update(
         aws.client("sagemaker", region),
         aws.client("application-autoscaling", region),
@@ -249,14 +260,23 @@ def _transform(args: argparse.Namespace) -> int:
         return _transform_local(args)
     from smvision.deploy import amis, aws, transform
 
-    if not args.model_name:
-        raise ValueError("--model-name is required (or --local --model-dir DIR)")
+    if not args.model_name and not args.model_data:
+        raise ValueError("--model-name is required (or --model-data S3_URI --role ARN, or --local --model-dir DIR)")
+    if args.model_name and (args.model_data or args.role or args.image):
+        raise ValueError("--model-data, --role and --image make a model for the job: not with --model-name")
     region = args.region or aws.region_name()
     sm = aws.client("sagemaker", region)
-    spec = transform.JobSpec(args.model_name, args.input, args.output, _transform_options(args),
+    job_name = args.job_name or (f"transform-{transform.job_stamp()}" if args.model_data else None)
+    spec = transform.JobSpec(args.model_name or job_name, args.input, args.output, _transform_options(args),
                              instance_type=args.instance_type, instance_count=args.instance_count,
-                             job_name=args.job_name, environment=_key_values(args.env),
+                             job_name=job_name, environment=_key_values(args.env),
                              transform_ami_version=amis.transform_ami(args.transform_ami_version, args.instance_type))
+    spec.request()  # every option checked before anything is made
+    if args.model_data:  # a model of its own for the job (named as the job), with our image by default
+        transform.check_model_source(args.model_data, args.role)
+        image = _serving_image(args.image, region, args.instance_type)
+        transform.create_model(sm, spec.model_name, args.model_data, args.role, image)
+        print(f"model {spec.model_name}: {image}", file=sys.stderr)
     name = transform.create_job(sm, spec)
     print(f"transform job {name} created"
           + (f", host AMI {amis.describe(spec.transform_ami_version)}" if spec.transform_ami_version else ""),
@@ -405,7 +425,8 @@ def add_deploy_commands(commands: Any) -> None:
     create.add_argument("--model-data", required=True, help="s3:// URI of model.tar.gz (`smvision archive push`)")
     create.add_argument("--role", required=True, help="SageMaker execution role ARN")
     add_instance_arguments(create, None, "e.g. ml.c5.xlarge (CPU image) or ml.g4dn.xlarge (GPU image)")
-    create.add_argument("--image", help="container image URI (default: AWS PyTorch 2.6 inference image)")
+    create.add_argument("--image", help="container image URI, or pytorch-2.6-dlc (past its end of support); "
+                        "default: our image that `smvision image push cpu|gpu` put in ECR for the region")
     add_env_argument(create, "container environment, e.g. EFFICIENTDET_COMPOUND_COEF=0")
     create.add_argument("--autoscale", metavar="MIN:MAX", help="target tracking on invocations per instance")
     create.add_argument("--target-invocations", type=float, default=100.0,
@@ -457,6 +478,11 @@ def add_transform_command(commands: Any) -> None:
     transform.add_argument("--input", required=True, metavar="S3_PREFIX", help="every object under it is an input")
     transform.add_argument("--output", required=True, metavar="S3_PREFIX", help="<input name>.out per input")
     transform.add_argument("--model-name", help="SageMaker model (from `deploy create`: <endpoint>-<stamp>)")
+    transform.add_argument("--model-data", metavar="S3_URI", help="instead of --model-name: model.tar.gz for a model "
+                           "made for the job (named as the job), with --role and --image as in `deploy create`")
+    transform.add_argument("--role", help="with --model-data: SageMaker execution role ARN")
+    transform.add_argument("--image", help="with --model-data: image URI or pytorch-2.6-dlc (default: our image "
+                           "that `smvision image push` put in ECR for the region and --instance-type)")
     transform.add_argument("--local", action="store_true", help="run here against `smvision serve`")
     transform.add_argument("--model-dir", help="with --local: the extracted archive to serve")
     transform.add_argument("--server-url", help="with --local: a server already running (e.g. http://127.0.0.1:8080)")

@@ -21,7 +21,6 @@ from smvision.deploy import autoscaling
 from smvision.deploy.amis import describe as describe_ami
 from smvision.deploy.autoscaling import Scaling
 from smvision.deploy.aws import AwsError, error_code, error_message
-from smvision.deploy.images import pytorch_inference_image
 from smvision.deploy.progress import Report, report_to_stderr
 
 VARIANT = "AllTraffic"
@@ -200,7 +199,9 @@ def create_or_update(
                 f"SageMaker cannot update a failed endpoint: `smvision deploy delete --name {spec.name}` first"
             )
 
-    image = spec.image or pytorch_inference_image(region, spec.instance_type)
+    image = spec.image
+    if not image:  # the CLI always gives one: serving_image.choose_image
+        raise ValueError("EndpointSpec.image is required (smvision.deploy.serving_image.choose_image picks ours)")
     name = f"{spec.name}-{stamp()}"
     tags = [{"Key": "smvision:endpoint", "Value": spec.name}]
     sm.create_model(

@@ -6,9 +6,15 @@ data (sagemaker-core 2.27.0, image_uri_config/pytorch.json, inference 2.6.0): th
 lives in an account per region, repository `pytorch-inference`, tag
 `2.6.0-{cpu|gpu}-py312`. sagemaker-core is not a dependency: it pulls in pandas, scipy,
 paramiko, cryptography, omegaconf and more for this one lookup.
+
+Since the image passed its end of support, `deploy create` and `transform` use it only when
+asked (`--image pytorch-2.6-dlc`, serving_image.py); processor() also picks our own image's
+flavour for an instance type.
 """
 
 from __future__ import annotations
+
+import re
 
 FRAMEWORK_VERSION = "2.6.0"
 PY_VERSION = "py312"
@@ -59,7 +65,10 @@ ACCOUNTS = {
 
 
 def processor(instance_type: str | None) -> str:
-    """'gpu' for ml.g* / ml.p* instances, else 'cpu' (serverless endpoints: no type, cpu)."""
+    """'gpu' for ml.g* / ml.p* instances (CUDA), else 'cpu': ml.c*, m*, r*, t* and the other
+    x86_64 families (serverless endpoints: no type, cpu). Inferentia / Trainium (ml.inf*,
+    ml.trn*: Neuron) and Graviton (ml.c7g, ml.m6g, ...: arm64) need an image built for them:
+    ValueError saying to pass --image."""
     if not instance_type:
         return "cpu"
     parts = instance_type.split(".")
@@ -68,6 +77,9 @@ def processor(instance_type: str | None) -> str:
     family = parts[1]
     if family.startswith(("inf", "trn")):
         raise ValueError(f"{instance_type}: Inferentia/Trainium need a Neuron image; pass --image")
+    if re.fullmatch(r"[a-z]+\d+g[a-z]*", family):
+        raise ValueError(f"{instance_type} is a Graviton (arm64) instance; the images here are x86_64: pass --image "
+                         "with an arm64 image, or pick an x86_64 type (ml.c6i, ml.m6i, ...)")
     return "gpu" if family[0] in ("g", "p") else "cpu"
 
 

@@ -38,7 +38,7 @@ class JobSpec:
             raise ValueError(f"--assemble-with must be one of {batching.ASSEMBLE_WITH}")
         if self.instance_count < 1:
             raise ValueError("--instance-count must be at least 1")
-        name = self.job_name or f"{self.model_name[:44]}-{datetime.now(timezone.utc).strftime('%Y%m%d%H%M%S%f')[:17]}"
+        name = self.job_name or f"{self.model_name[:44]}-{job_stamp()}"
         transform_input: dict[str, Any] = {
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": self.input_uri}},
             "SplitType": opts.split_type,
@@ -74,6 +74,28 @@ class JobSpec:
         if self.environment:
             request["Environment"] = dict(self.environment)
         return request
+
+
+def job_stamp(now: datetime | None = None) -> str:
+    """A UTC millisecond stamp for job names (17 digits, sorts as time does)."""
+    return (now or datetime.now(timezone.utc)).strftime("%Y%m%d%H%M%S%f")[:17]
+
+
+def check_model_source(model_data: str | None, role: str | None) -> None:
+    """ValueError naming the option when `transform --model-data` lacks what CreateModel needs."""
+    if not model_data or not model_data.startswith("s3://"):
+        raise ValueError(f"--model-data must be an s3:// URI of model.tar.gz, got {model_data!r}")
+    if not role or not role.startswith("arn:"):
+        raise ValueError(f"--model-data needs --role, an IAM role ARN, got {role!r}")
+
+
+def create_model(sm: Any, name: str, model_data: str, role: str, image: str) -> str:
+    """CreateModel for a job of its own (`transform --model-data`): model_data in image; returns its name."""
+    check_model_source(model_data, role)
+    sm.create_model(ModelName=name, ExecutionRoleArn=role,
+                    PrimaryContainer={"Image": image, "ModelDataUrl": model_data},
+                    Tags=[{"Key": "smvision:transform", "Value": name}])
+    return name
 
 
 def create_job(sm: Any, spec: JobSpec) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -12,6 +13,16 @@ from support import LocalS3, skimage_photo
 
 BUCKET = "smvision-photos"
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
+
+
+@pytest.fixture(autouse=True)
+def smvision_config_dir(tmp_path_factory, monkeypatch, request) -> Path:
+    """A config folder of the test's own, never the user's (`image push` records images there);
+    made only when something is written there."""
+    test = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+    folder = tmp_path_factory.getbasetemp() / "smvision-config" / test
+    monkeypatch.setenv("SMVISION_CONFIG_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""moto's standalone server plus the two SageMaker behaviours moto 5.2.5 lacks.
+"""moto's standalone server plus the SageMaker and CodeBuild behaviours moto 5.2.5 lacks.
 
 Run as `python tests/moto_sagemaker.py -H 127.0.0.1 -p PORT` (same arguments as
 moto_server). Added, in the server process only:
@@ -7,6 +7,13 @@ moto_server). Added, in the server process only:
 - A failing container: an endpoint whose model has the environment variable
   MOTO_FAILURE_REASON is created Failed, with that FailureReason, as SageMaker reports
   an image that never passes /ping.
+- CodeBuild builds as CodeBuild reports them: StartBuild's overrides (source, buildspec,
+  environment, role, timeout, log group) show in BatchGetBuilds; moto's own builds keep
+  none of them. A build runs nothing: it ends at its first BatchGetBuilds as the object
+  s3://moto-codebuild/next-build.json (if a test wrote one) says, else SUCCEEDED:
+  `{"status": "FAILED", "phase": "BUILD", "message": "...", "log": ["line", ...]}`, or
+  `{"status": "IN_PROGRESS"}` for a build that never ends. Its "log" lines go to CloudWatch
+  Logs, to the build's group and stream, as CodeBuild writes them.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 FAILURE_VARIABLE = "MOTO_FAILURE_REASON"
+BUILD_SCRIPT = ("moto-codebuild", "next-build.json")  # bucket, key
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -96,8 +104,90 @@ def _patch_moto() -> None:
     SageMakerResponse.update_endpoint = update_endpoint_response
 
 
+def _patch_codebuild() -> None:
+    """StartBuild's overrides kept, and builds that end as the test's script says (module docstring)."""
+    import json
+
+    from moto.codebuild.models import CodeBuildBackend
+    from moto.codebuild.responses import CodeBuildResponse
+    from moto.core.utils import iso_8601_datetime_with_milliseconds, unix_time_millis
+    from moto.logs.models import logs_backends
+    from moto.s3.models import s3_backends
+
+    _start_build = CodeBuildResponse.start_build
+
+    def start_build(self: CodeBuildResponse) -> Any:
+        result = _start_build(self)
+        project = self.codebuild_backend.codebuild_projects[self._get_param("projectName")].project_metadata
+        build = self.codebuild_backend.build_metadata[self._get_param("projectName")].build_metadata
+        source = dict(project["source"])
+        source.update({k: v for k, v in {"type": self._get_param("sourceTypeOverride"),
+                                         "location": self._get_param("sourceLocationOverride"),
+                                         "buildspec": self._get_param("buildspecOverride")}.items() if v})
+        environment = dict(project["environment"])
+        for field, override in (("type", "environmentTypeOverride"), ("image", "imageOverride"),
+                                ("computeType", "computeTypeOverride"), ("privilegedMode", "privilegedModeOverride"),
+                                ("environmentVariables", "environmentVariablesOverride")):
+            if self._get_param(override) is not None:
+                environment[field] = self._get_param(override)
+        logs = (self._get_param("logsConfigOverride") or project.get("logsConfig") or {}).get("cloudWatchLogs", {})
+        build.update(source=source, environment=environment,
+                     serviceRole=self._get_param("serviceRoleOverride") or project["serviceRole"],
+                     timeoutInMinutes=self._get_param("timeoutInMinutesOverride") or project["timeoutInMinutes"])
+        build["logs"] = {"groupName": logs.get("groupName") or f"/aws/codebuild/{build['projectName']}",
+                         "streamName": build["id"].split(":", 1)[1], "deepLink": build["logs"]["deepLink"]}
+        return result
+
+    def script(account_id: str) -> dict[str, Any]:
+        try:
+            key = s3_backends[account_id]["aws"].get_object(*BUILD_SCRIPT)
+        except Exception:  # no bucket or no object: moto's own outcome
+            return {"status": "SUCCEEDED"}
+        return json.loads(key.value) if key is not None else {"status": "SUCCEEDED"}
+
+    def write_log(backend: CodeBuildBackend, build: dict[str, Any], lines: list[str]) -> None:
+        logs = logs_backends[backend.account_id][backend.region_name]
+        group, stream = build["logs"]["groupName"], build["logs"]["streamName"]
+        if group not in logs.groups:
+            logs.create_log_group(group, {})
+        if stream not in logs.groups[group].streams:
+            logs.create_log_stream(group, stream)
+        now = int(unix_time_millis())
+        logs.put_log_events(group, stream, [{"timestamp": now, "message": line} for line in lines])
+
+    def batch_get_builds(self: CodeBuildBackend, ids: list[str]) -> list[dict[str, Any]]:
+        found = [b for history in self.build_metadata_history.values() for b in history if b["id"] in ids]
+        for build in found:
+            if build.get("buildComplete"):
+                continue
+            outcome = script(self.account_id)
+            now = iso_8601_datetime_with_milliseconds()
+            if outcome["status"] == "IN_PROGRESS":
+                build.update(currentPhase=outcome.get("phase", "BUILD"))
+                continue
+            failed_phase = outcome.get("phase") if outcome["status"] != "SUCCEEDED" else None
+            phases = [p for p in build["phases"] if p["phaseType"] == "SUBMITTED"]
+            for name in ("QUEUED", "PROVISIONING", "DOWNLOAD_SOURCE", "INSTALL", "PRE_BUILD", "BUILD", "POST_BUILD",
+                         "UPLOAD_ARTIFACTS", "FINALIZING"):
+                phase: dict[str, Any] = {"phaseType": name, "startTime": now, "endTime": now, "durationInSeconds": 0,
+                                         "phaseStatus": "SUCCEEDED"}
+                if name == failed_phase:
+                    context = {"statusCode": "COMMAND_EXECUTION_ERROR", "message": outcome.get("message", "")}
+                    phase.update(phaseStatus=outcome["status"], contexts=[context])
+                phases.append(phase)
+            phases.append({"phaseType": "COMPLETED", "startTime": now})
+            write_log(self, build, outcome.get("log", ["moto: a build that runs nothing"]))
+            build.update(phases=phases, currentPhase="COMPLETED", buildStatus=outcome["status"], buildComplete=True,
+                         endTime=now)
+        return found
+
+    CodeBuildResponse.start_build = start_build
+    CodeBuildBackend.batch_get_builds = batch_get_builds
+
+
 if __name__ == "__main__":
     from moto.server import main
 
     _patch_moto()
+    _patch_codebuild()
     main(sys.argv[1:])

@@ -2,11 +2,14 @@
 
 Every control-plane call is checked the way a user would check it: through describe_*.
 moto_sagemaker.py adds the two things moto 5.2.5 lacks (UpdateEndpoint, a failing
-container); endpoints are InService at once there.
+container); endpoints are InService at once there. Our cpu and gpu images are in moto's
+ECR as `smvision image push` leaves them, so `deploy create` without --image finds them
+(tests/test_serving_image.py and tests/test_image_push.py test that choice itself).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 import boto3
@@ -18,16 +21,26 @@ from smvision.cli import main
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 DATA = "s3://smvision-models/d0/dev/20261126T120000Z/model.tar.gz"
-CPU_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6.0-cpu-py312"
-GPU_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6.0-gpu-py312"
+VERSION = importlib.metadata.version("smvision")
+CPU_IMAGE = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/smvision:cpu-{VERSION}-0123456789ab"
+GPU_IMAGE = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/smvision:gpu-{VERSION}-0123456789ab"
 TARGET = "endpoint/{}/variant/AllTraffic"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 
 
 @pytest.fixture(scope="module")
 def aws(tmp_path_factory):
-    """moto (with UpdateEndpoint) for SageMaker, autoscaling, the runtime and S3 of this module."""
+    """moto (with UpdateEndpoint) for SageMaker, autoscaling, the runtime, S3 and ECR of this module,
+    our cpu and gpu images in its ECR."""
     with moto_sagemaker.running(tmp_path_factory.mktemp("moto-sm") / "moto.log") as url:
+        ecr = boto3.client("ecr")
+        ecr.create_repository(repositoryName="smvision")
+        for image in (CPU_IMAGE, GPU_IMAGE):
+            manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
+                                   "digest": "sha256:" + ("c" if "cpu-" in image else "9") * 64}, "layers": []}
+            ecr.put_image(repositoryName="smvision", imageTag=image.rsplit(":", 1)[1],
+                          imageManifest=json.dumps(manifest))
         yield url
 
 

@@ -67,11 +67,16 @@ def commands(tmp_path) -> dict[str, list[str]]:
         "transform --local": ["transform", "--local", "--server-url", "http://127.0.0.1:9", "--input",
                               "s3://data/in/", "--output", "s3://data/out/", "--no-progress"],
         "bench --name": ["bench", "--name", "d0", str(body), "-n", "1", "--warmup", "0"],
+        "image push --remote": ["image", "push", "cpu", "--remote"],
+        "transform --model-data": ["transform", "--model-data", "s3://models/model.tar.gz", "--role",
+                                   "arn:aws:iam::123456789012:role/R", "--input", "s3://data/in/", "--output",
+                                   "s3://data/out/"],
     }
 
 
 @pytest.mark.parametrize("command", ["archive push", "deploy create", "deploy delete", "deploy list", "invoke",
-                                     "transform", "transform --local", "bench --name"])
+                                     "transform", "transform --local", "bench --name", "image push --remote",
+                                     "transform --model-data"])
 def test_every_aws_command_signs_for_the_region_given(command, aws_everywhere, tmp_path, capsys):
     code = main([*commands(tmp_path)[command], "--region", REGION])
     err = capsys.readouterr().err

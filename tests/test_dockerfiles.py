@@ -254,6 +254,37 @@ def test_requirements_are_the_tests_pins():
     assert not missing, f"setup.cfg install_requires not pinned in requirements.txt: {missing}"
 
 
+def test_every_kind_is_served_by_what_the_image_installs(stages):
+    """Our image is what `deploy create` deploys by default, and nothing is installed when its
+    container starts (so an endpoint in a VPC without internet serves): every kind's
+    code/requirements.txt, with what its artifact roles add, is satisfied by the pins the
+    builder stage installs (`pip install -r requirements.txt`)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from smvision.archive.requirements import requirements_for
+    from smvision.kinds import KINDS
+
+    files = [argv[i + 1] for argv in pip_installs(stages[0]) for i, word in enumerate(argv[:-1]) if word == "-r"]
+    assert files, "the builder stage installs no requirements file"
+    installed: dict[str, str] = {}
+    for name in files:
+        for line in (REPO / name).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                requirement = Requirement(line)
+                (pin,) = [spec.version for spec in requirement.specifier if spec.operator == "=="]
+                installed[canonicalize_name(requirement.name)] = pin
+    unmet = []
+    for kind in KINDS.values():
+        for line in requirements_for(kind.name, kind.roles):
+            requirement = Requirement(line)
+            version = installed.get(canonicalize_name(requirement.name))
+            if version is None or not requirement.specifier.contains(version, prereleases=True):
+                unmet.append(f"{kind.name}: {line} (the image installs {version or 'no such package'})")
+    assert not unmet, unmet
+
+
 def test_makefile_installs_the_same_way():
     makefile = REPO / "Makefile"
     if not makefile.exists():

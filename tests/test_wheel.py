@@ -11,6 +11,7 @@ request with 200, and `smvision deploy create` / `deploy list` work against moto
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -166,6 +167,14 @@ def test_the_installed_serve_answers_a_real_request(venv, d0_model_dir, photos, 
 
 def test_the_installed_cli_deploys_against_moto(venv, tmp_path):
     with moto_sagemaker.running(tmp_path / "moto.log"):
+        # our cpu image in ECR, as `smvision image push cpu` leaves it: what deploy create deploys
+        ecr = boto3.client("ecr")
+        ecr.create_repository(repositoryName="smvision")
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                    "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
+                               "digest": "sha256:" + "c" * 64}, "layers": []}
+        tag = f"cpu-{importlib.metadata.version('smvision')}-0123456789ab"
+        ecr.put_image(repositoryName="smvision", imageTag=tag, imageManifest=json.dumps(manifest))
         created = venv.run(venv.bin / "smvision", "deploy", "create", "--name", "wheel-d0", "--role", ROLE,
                            "--model-data", DATA, "--instance-type", "ml.c5.xlarge", "--poll", "0.05")
         assert created.returncode == 0, created.stderr
@@ -175,3 +184,4 @@ def test_the_installed_cli_deploys_against_moto(venv, tmp_path):
         assert "wheel-d0" in listed.stdout
         endpoint = boto3.client("sagemaker").describe_endpoint(EndpointName="wheel-d0")
         assert endpoint["EndpointStatus"] == "InService"
+        assert f"image 123456789012.dkr.ecr.us-east-1.amazonaws.com/smvision:{tag}" in created.stderr
